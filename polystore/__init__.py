@@ -1,0 +1,34 @@
+"""polystore: one storage API over pluggable backends (memory, disk, zarr).
+
+Importing polystore imports neither zarr nor dask: the zarr backend imports
+zarr when it is first used.
+"""
+
+from __future__ import annotations
+
+from polystore.backend import ReadOnlyBackend, StorageBackend
+from polystore.errors import (
+    BackendNotFoundError,
+    InvalidPathError,
+    PolystoreError,
+    ReadOnlyError,
+    UnsupportedFormatError,
+)
+from polystore.manager import FileManager
+from polystore.memory import MemoryBackend
+from polystore.registry import BackendRegistry
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendNotFoundError",
+    "BackendRegistry",
+    "FileManager",
+    "InvalidPathError",
+    "MemoryBackend",
+    "PolystoreError",
+    "ReadOnlyBackend",
+    "ReadOnlyError",
+    "StorageBackend",
+    "UnsupportedFormatError",
+]

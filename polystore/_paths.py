@@ -1,0 +1,112 @@
+"""Path checks shared by the backends.
+
+Two kinds of path exist in polystore: *keys* (memory and zarr-in-memory
+style, where ``a/b`` and ``/a/b`` are the same object) and *filesystem paths*
+(disk and zarr), optionally confined to a root directory.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import posixpath
+from functools import lru_cache
+from pathlib import Path
+
+from polystore.errors import InvalidPathError
+
+__all__ = ["as_path_string", "confine", "filter_names", "normalize_key"]
+
+
+def as_path_string(path: str | os.PathLike[str], backend: str) -> str:
+    """Return ``path`` as a ``str`` after checking its type and content.
+
+    Raises
+    ------
+    TypeError
+        If ``path`` is neither ``str`` nor ``os.PathLike``.
+    InvalidPathError
+        If ``path`` is empty or contains a NUL byte.
+    """
+    if type(path) is not str:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(
+                f"{backend} backend: path must be a str or os.PathLike, "
+                f"not {type(path).__name__} ({path!r})"
+            )
+        path = os.fspath(path)
+        if not isinstance(path, str):
+            raise TypeError(f"{backend} backend: path must decode to str, got {path!r}")
+    if not path:
+        raise InvalidPathError(f"{backend} backend: the path is empty; give a file or directory path")
+    if "\x00" in path:
+        raise InvalidPathError(f"{backend} backend: path {path!r} contains a NUL byte")
+    return path
+
+
+@lru_cache(maxsize=65536)
+def _normalize_key(path: str) -> str:
+    key = posixpath.normpath("/" + path).lstrip("/")
+    return "" if key == "." else key
+
+
+def normalize_key(path: str | os.PathLike[str], backend: str) -> str:
+    """Return the canonical key of ``path``: no leading slash, no ``.``/``..``.
+
+    ``"a/b"``, ``"/a/b"`` and ``"a//b/"`` all give ``"a/b"``; the root is
+    ``""``. A ``..`` that climbs above the root is refused rather than clamped.
+    """
+    path = as_path_string(path, backend)
+    key = _normalize_key(path)
+    if ".." in path.split("/") and _climbs_above_root(path):
+        raise InvalidPathError(
+            f"{backend} backend: path {path!r} climbs above the root with '..'"
+        )
+    return key
+
+
+def _climbs_above_root(path: str) -> bool:
+    depth = 0
+    for part in path.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
+
+
+def confine(path: str | os.PathLike[str], root: Path | None, backend: str) -> Path:
+    """Return the absolute filesystem path for ``path``, confined to ``root``.
+
+    With ``root`` set, a relative path is taken relative to it, and the
+    resolved path (symlinks followed) must stay inside it: ``..`` escapes,
+    absolute paths elsewhere and symlinks pointing out all raise
+    :class:`InvalidPathError` before any I/O. Without ``root`` the path is
+    made absolute against the working directory, and nothing is refused.
+    """
+    text = as_path_string(path, backend)
+    if root is None:
+        return Path(os.path.abspath(text))
+    candidate = Path(os.path.abspath(root / text))
+    resolved = Path(os.path.realpath(candidate))
+    if resolved != root and root not in resolved.parents:
+        raise InvalidPathError(
+            f"{backend} backend: path {text!r} resolves to {str(resolved)!r}, "
+            f"outside the backend's root {str(root)!r}; use a path inside the root"
+        )
+    return candidate
+
+
+def filter_names(names: list[str], pattern: str | None, extensions: set[str] | None) -> list[str]:
+    """Keep the relative ``names`` whose last part matches ``pattern`` and ``extensions``.
+
+    Shared by the backends so that every one filters listings alike.
+    """
+    if pattern is not None:
+        names = [name for name in names if fnmatch.fnmatchcase(posixpath.basename(name), pattern)]
+    if extensions:
+        endings = tuple(ext.lower() for ext in extensions)
+        names = [name for name in names if posixpath.basename(name).lower().endswith(endings)]
+    return names

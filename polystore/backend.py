@@ -1,0 +1,248 @@
+"""The abstract bases every storage backend subclasses.
+
+Defining a concrete subclass with a ``_backend_type`` registers it (through
+``AutoRegisterMeta`` from metaclass-registry), so a :class:`BackendRegistry`
+made at any time afterwards can create it by that name.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from metaclass_registry import AutoRegisterMeta, RegistryFamily
+
+from polystore.errors import ReadOnlyError
+
+__all__ = ["PathLike", "ReadOnlyBackend", "StorageBackend"]
+
+PathLike = str | os.PathLike[str]
+
+#: Every class registered by defining it, keyed by ``_backend_type``.
+#: A plain dict: metaclass-registry's discovery (and its on-disk cache, which
+#: is unsafe across processes) is never used.
+_REGISTERED: dict[str, type[StorageBackend]] = {}
+
+
+class StorageBackend(ABC, metaclass=AutoRegisterMeta):
+    """A place to save and load data by path.
+
+    Subclasses set ``_backend_type`` and implement every abstract method;
+    defining such a class registers it under that name. Every method must be
+    safe to call from many threads at once.
+
+    Examples
+    --------
+    >>> class NullBackend(StorageBackend):  # doctest: +SKIP
+    ...     _backend_type = "null"
+    ...     ...
+    """
+
+    __registry_family__ = RegistryFamily("_backend_type", skip_if_no_key=True, registry_name="storage backend")
+    __registry__ = _REGISTERED
+
+    #: The name the backend is registered and asked for under.
+    _backend_type: ClassVar[str | None] = None
+    #: The kinds of data the backend stores, a subset of
+    #: ``{"array", "bytes", "str", "dict"}``; the conformance kit reads it.
+    stored_kinds: ClassVar[frozenset[str]] = frozenset({"array", "bytes", "str", "dict"})
+    #: Whether the backend accepts writes.
+    supports_writes: ClassVar[bool] = True
+
+    @property
+    def name(self) -> str:
+        """The name this backend is registered under."""
+        return str(self._backend_type)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    # -- writing ---------------------------------------------------------
+    @abstractmethod
+    def save(self, data: Any, path: PathLike, *, overwrite: bool = False, **kwargs: Any) -> None:
+        """Store ``data`` at ``path``, creating missing parent directories.
+
+        Parameters
+        ----------
+        data
+            What to store; which kinds a backend accepts is in ``stored_kinds``.
+        path
+            Where to store it.
+        overwrite
+            Replace an existing object. Without it an existing path raises
+            :class:`FileExistsError`, and the check and the write are one
+            exclusive step: of several racing writers exactly one wins.
+        **kwargs
+            Backend-specific options.
+
+        Raises
+        ------
+        FileExistsError
+            ``path`` exists and ``overwrite`` is false.
+        UnsupportedFormatError
+            The backend cannot store this data at this path.
+        """
+        ...
+
+    def save_batch(self, data_list: Sequence[Any], paths: Sequence[PathLike], *, overwrite: bool = False, **kwargs: Any) -> None:
+        """Store each of ``data_list`` at the matching path of ``paths``.
+
+        Raises
+        ------
+        ValueError
+            The two sequences differ in length (nothing is written).
+        """
+        check_batch_lengths(data_list, paths, self.name)
+        for data, path in zip(data_list, paths):
+            self.save(data, path, overwrite=overwrite, **kwargs)
+
+    @abstractmethod
+    def ensure_directory(self, path: PathLike) -> None:
+        """Create the directory ``path`` and its parents; do nothing if it exists."""
+        ...
+
+    @abstractmethod
+    def delete(self, path: PathLike, *, recursive: bool = False) -> None:
+        """Delete a file or an empty directory (any directory with ``recursive``).
+
+        Raises
+        ------
+        FileNotFoundError
+            Nothing exists at ``path``.
+        OSError
+            ``path`` is a non-empty directory and ``recursive`` is false
+            (``errno.ENOTEMPTY``).
+        """
+        ...
+
+    @abstractmethod
+    def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
+        """Copy the file ``src`` to ``dst``, with the same overwrite rule as :meth:`save`."""
+        ...
+
+    @abstractmethod
+    def move(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
+        """Move the file ``src`` to ``dst``, with the same overwrite rule as :meth:`save`."""
+        ...
+
+    # -- reading ---------------------------------------------------------
+    @abstractmethod
+    def load(self, path: PathLike, **kwargs: Any) -> Any:
+        """Return what was saved at ``path`` (same dtype, shape and values).
+
+        Raises
+        ------
+        FileNotFoundError
+            Nothing is stored at ``path``; the message names backend and path.
+        """
+        ...
+
+    def load_batch(self, paths: Sequence[PathLike], **kwargs: Any) -> list[Any]:
+        """Return the objects stored at ``paths``, in order."""
+        return [self.load(path, **kwargs) for path in paths]
+
+    @abstractmethod
+    def exists(self, path: PathLike) -> bool:
+        """Whether a file or directory exists at ``path``; never raises for a missing path."""
+        ...
+
+    @abstractmethod
+    def is_file(self, path: PathLike) -> bool:
+        """Whether ``path`` is a stored object (a zarr array counts as one)."""
+        ...
+
+    @abstractmethod
+    def is_dir(self, path: PathLike) -> bool:
+        """Whether ``path`` is a directory."""
+        ...
+
+    @abstractmethod
+    def list_files(
+        self,
+        directory: PathLike,
+        pattern: str | None = None,
+        extensions: set[str] | None = None,
+        recursive: bool = False,
+    ) -> list[str]:
+        """Return the sorted paths of the files in ``directory``.
+
+        Parameters
+        ----------
+        directory
+            Where to look. Each result is ``directory`` joined with the
+            entry's relative name, so it can be passed straight to :meth:`load`.
+        pattern
+            A glob matched against the file's name (``fnmatch`` rules).
+        extensions
+            Name endings to keep: ``{".tif"}`` keeps ``a.tif`` and
+            ``a.ome.tif``; ``{".ome.tif"}`` keeps only the latter.
+        recursive
+            Also look in subdirectories.
+
+        Raises
+        ------
+        FileNotFoundError
+            ``directory`` does not exist.
+        NotADirectoryError
+            ``directory`` is a file.
+        """
+        ...
+
+    @abstractmethod
+    def list_dir(self, path: PathLike) -> list[str]:
+        """Return the sorted names of the entries (files and directories) in ``path``."""
+        ...
+
+    @abstractmethod
+    def stat(self, path: PathLike) -> dict[str, Any]:
+        """Return a dict with at least ``type`` (``"file"``/``"directory"``) and ``size`` in bytes."""
+        ...
+
+
+class ReadOnlyBackend(StorageBackend):
+    """A backend that can only be read: every write raises :class:`ReadOnlyError`.
+
+    Subclasses implement the reading methods only.
+    """
+
+    supports_writes: ClassVar[bool] = False
+
+    def _refuse(self, operation: str, path: PathLike) -> ReadOnlyError:
+        return ReadOnlyError(
+            f"{self.name} backend is read-only: cannot {operation} {os.fspath(path)!r}; "
+            "use a writable backend such as 'disk'"
+        )
+
+    def save(self, data: Any, path: PathLike, *, overwrite: bool = False, **kwargs: Any) -> None:
+        raise self._refuse("save", path)
+
+    def save_batch(self, data_list: Sequence[Any], paths: Sequence[PathLike], *, overwrite: bool = False, **kwargs: Any) -> None:
+        raise self._refuse("save", paths[0] if paths else "")
+
+    def ensure_directory(self, path: PathLike) -> None:
+        raise self._refuse("create directory", path)
+
+    def delete(self, path: PathLike, *, recursive: bool = False) -> None:
+        raise self._refuse("delete", path)
+
+    def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
+        raise self._refuse("copy to", dst)
+
+    def move(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
+        raise self._refuse("move", src)
+
+
+def check_batch_lengths(data_list: Sequence[Any], paths: Sequence[PathLike], backend: str) -> None:
+    """Raise ``ValueError`` unless ``data_list`` and ``paths`` have the same length."""
+    if len(data_list) != len(paths):
+        raise ValueError(
+            f"{backend} backend: save_batch got {len(data_list)} data items "
+            f"but {len(paths)} paths; pass one path per item"
+        )
+
+
+def registered_backends() -> dict[str, type[StorageBackend]]:
+    """Return a snapshot of the backend classes registered in this process."""
+    return dict(_REGISTERED)
