@@ -1,0 +1,25 @@
+# Every target sets up .venv first (created and installed from pyproject.toml
+# when missing or out of date), so a fresh clone needs only `make test` or
+# `make demo`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: venv test test-deep demo bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dask,tiff,test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+demo: $(STAMP)
+	$(BIN)/python examples/pipeline.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
