@@ -13,6 +13,7 @@ import numpy as np
 
 from polystore._paths import filter_names, normalize_key
 from polystore.backend import PathLike, StorageBackend
+from polystore.errors import UnsupportedFormatError
 
 __all__ = ["MemoryBackend"]
 
@@ -52,7 +53,7 @@ class MemoryBackend(StorageBackend):
             raise TypeError(f"memory backend: save got unexpected options {sorted(kwargs)}")
         if isinstance(data, np.ndarray):
             if data.dtype.hasobject:
-                raise TypeError(f"memory backend: cannot store an object array at {str(path)!r}; convert it to a numeric dtype")
+                raise UnsupportedFormatError(f"memory backend: cannot store an object array at {str(path)!r}; convert it to a numeric dtype")
             if copy or data.flags.writeable:
                 stored = data.copy() if copy else data.view()
                 stored.flags.writeable = False
@@ -63,7 +64,7 @@ class MemoryBackend(StorageBackend):
         elif isinstance(data, _STORABLE):
             stored = copying.deepcopy(data) if isinstance(data, dict) else data
         else:
-            raise TypeError(
+            raise UnsupportedFormatError(
                 f"memory backend: cannot store {type(data).__name__} at {str(path)!r}; "
                 "it stores numpy arrays, bytes, str and dict"
             )
