@@ -13,3 +13,100 @@ class TestMemoryConformance(BackendTests):
     @pytest.fixture
     def backend(self) -> MemoryBackend:
         return MemoryBackend()
+
+
+def test_save_stores_a_copy_so_caller_mutation_does_not_leak() -> None:
+    backend = MemoryBackend()
+    data = np.zeros(5)
+    backend.save(data, "a.npy")
+    data[:] = 9
+    np.testing.assert_array_equal(backend.load("a.npy"), np.zeros(5))
+
+
+def test_save_with_copy_false_stores_the_callers_array() -> None:
+    backend = MemoryBackend()
+    data = np.zeros(5)
+    backend.save(data, "a.npy", copy=False)
+    assert np.shares_memory(backend.load("a.npy"), data)
+
+
+def test_load_returns_a_read_only_zero_copy_view() -> None:
+    backend = MemoryBackend()
+    backend.save(np.arange(4), "a.npy")
+    first, second = backend.load("a.npy"), backend.load("a.npy")
+    assert np.shares_memory(first, second)
+    with pytest.raises(ValueError, match="read-only"):
+        first[0] = 100
+    assert first.copy().flags.writeable
+
+
+def test_loaded_dicts_are_independent_copies() -> None:
+    backend = MemoryBackend()
+    backend.save({"a": [1]}, "meta")
+    backend.load("meta")["a"].append(2)
+    assert backend.load("meta") == {"a": [1]}
+
+
+def test_leading_slash_and_redundant_parts_name_the_same_object() -> None:
+    backend = MemoryBackend()
+    backend.save(b"x", "/a//b/./c.bin")
+    assert backend.load("a/b/c.bin") == b"x"
+    assert backend.list_dir("/") == ["a"]
+
+
+def test_dotdot_above_the_root_is_refused() -> None:
+    from polystore import InvalidPathError
+
+    backend = MemoryBackend()
+    with pytest.raises(InvalidPathError, match="climbs above"):
+        backend.save(b"x", "../escape.bin")
+    backend.save(b"x", "a/../inside.bin")
+    assert backend.load("inside.bin") == b"x"
+
+
+def test_object_arrays_are_refused() -> None:
+    from polystore import UnsupportedFormatError
+
+    backend = MemoryBackend()
+    with pytest.raises(UnsupportedFormatError, match="object array"):
+        backend.save(np.array([object()]), "o.npy")
+    assert not backend.exists("o.npy")
+
+
+def test_two_instances_do_not_share_objects() -> None:
+    first, second = MemoryBackend(), MemoryBackend()
+    first.save(b"x", "a.bin")
+    assert not second.exists("a.bin")
+
+
+def test_threads_doing_mixed_operations_lose_nothing_and_never_read_partial_objects() -> None:
+    import threading
+
+    backend = MemoryBackend()
+    shared = "shared/value.npy"
+    backend.save(np.full(1000, -1.0), shared)
+    errors: list[str] = []
+
+    def work(thread: int) -> None:
+        for step in range(500):
+            own = f"t{thread}/item{step % 7}.npy"
+            value = np.full(1000, thread * 1000 + step, dtype=np.float64)
+            backend.save(value, own, overwrite=True)
+            if not np.array_equal(backend.load(own), value):
+                errors.append(f"{own} lost its value at step {step}")
+            backend.save(value, shared, overwrite=True)
+            seen = backend.load(shared)
+            if np.unique(seen).size != 1:
+                errors.append("a torn object was read")
+            if not backend.exists(own):
+                errors.append(f"{own} vanished")
+            if step % 7 == 6:
+                backend.delete(own)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(backend.list_dir("/")) == ["shared"] + [f"t{i}" for i in range(8)]
