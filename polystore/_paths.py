@@ -10,7 +10,6 @@ from __future__ import annotations
 import fnmatch
 import os
 import posixpath
-from functools import lru_cache
 from pathlib import Path
 
 from polystore.errors import InvalidPathError
@@ -44,10 +43,10 @@ def as_path_string(path: str | os.PathLike[str], backend: str) -> str:
     return path
 
 
-@lru_cache(maxsize=65536)
-def _normalize_key(path: str) -> str:
-    key = posixpath.normpath("/" + path).lstrip("/")
-    return "" if key == "." else key
+#: Canonical keys of recently seen str paths: memory-backend calls are
+#: sub-microsecond, so normalising the same path again would dominate them.
+_KEYS: dict[str, str] = {}
+_KEYS_LIMIT = 65536
 
 
 def normalize_key(path: str | os.PathLike[str], backend: str) -> str:
@@ -56,12 +55,19 @@ def normalize_key(path: str | os.PathLike[str], backend: str) -> str:
     ``"a/b"``, ``"/a/b"`` and ``"a//b/"`` all give ``"a/b"``; the root is
     ``""``. A ``..`` that climbs above the root is refused rather than clamped.
     """
-    path = as_path_string(path, backend)
-    key = _normalize_key(path)
-    if ".." in path.split("/") and _climbs_above_root(path):
-        raise InvalidPathError(
-            f"{backend} backend: path {path!r} climbs above the root with '..'"
-        )
+    if type(path) is str:
+        key = _KEYS.get(path)
+        if key is not None:
+            return key
+    text = as_path_string(path, backend)
+    if ".." in text.split("/") and _climbs_above_root(text):
+        raise InvalidPathError(f"{backend} backend: path {text!r} climbs above the root with '..'")
+    key = posixpath.normpath("/" + text).lstrip("/")
+    if key == ".":
+        key = ""
+    if len(_KEYS) >= _KEYS_LIMIT:
+        _KEYS.clear()
+    _KEYS[text] = key
     return key
 
 

@@ -39,16 +39,13 @@ class MemoryBackend(StorageBackend):
         self._dirs: set[str] = {""}
         self._lock = threading.Lock()
 
-    def _key(self, path: PathLike) -> str:
-        return normalize_key(path, "memory")
-
     def _missing(self, path: PathLike) -> FileNotFoundError:
         return FileNotFoundError(errno.ENOENT, "memory backend: nothing is stored at this path", str(path))
 
     # -- writing ---------------------------------------------------------
     def save(self, data: Any, path: PathLike, *, overwrite: bool = False, copy: bool = True, **kwargs: Any) -> None:
         # docstring inherited
-        key = self._key(path)
+        key = normalize_key(path, "memory")
         if kwargs:
             raise TypeError(f"memory backend: save got unexpected options {sorted(kwargs)}")
         if isinstance(data, np.ndarray):
@@ -68,7 +65,7 @@ class MemoryBackend(StorageBackend):
                 f"memory backend: cannot store {type(data).__name__} at {str(path)!r}; "
                 "it stores numpy arrays, bytes, str and dict"
             )
-        parent = posixpath.dirname(key)
+        parent = key.rpartition("/")[0]
         with self._lock:
             if key in self._dirs:
                 raise IsADirectoryError(errno.EISDIR, "memory backend: a directory exists at this path", str(path))
@@ -90,7 +87,7 @@ class MemoryBackend(StorageBackend):
 
     def ensure_directory(self, path: PathLike) -> None:
         # docstring inherited
-        key = self._key(path)
+        key = normalize_key(path, "memory")
         with self._lock:
             if key in self._files:
                 raise FileExistsError(errno.EEXIST, "memory backend: a file exists at this path", str(path))
@@ -98,7 +95,7 @@ class MemoryBackend(StorageBackend):
 
     def delete(self, path: PathLike, *, recursive: bool = False) -> None:
         # docstring inherited
-        key = self._key(path)
+        key = normalize_key(path, "memory")
         with self._lock:
             if key in self._files:
                 del self._files[key]
@@ -126,7 +123,7 @@ class MemoryBackend(StorageBackend):
         self._transfer(src, dst, overwrite=overwrite, keep_source=False)
 
     def _transfer(self, src: PathLike, dst: PathLike, *, overwrite: bool, keep_source: bool) -> None:
-        source, target = self._key(src), self._key(dst)
+        source, target = normalize_key(src, "memory"), normalize_key(dst, "memory")
         with self._lock:
             if source not in self._files:
                 if source in self._dirs:
@@ -146,7 +143,7 @@ class MemoryBackend(StorageBackend):
     # -- reading ---------------------------------------------------------
     def load(self, path: PathLike, **kwargs: Any) -> Any:
         # docstring inherited
-        key = self._key(path)
+        key = normalize_key(path, "memory")
         try:
             stored = self._files[key]
         except KeyError:
@@ -161,16 +158,16 @@ class MemoryBackend(StorageBackend):
 
     def exists(self, path: PathLike) -> bool:
         # docstring inherited
-        key = self._key(path)
+        key = normalize_key(path, "memory")
         return key in self._files or key in self._dirs
 
     def is_file(self, path: PathLike) -> bool:
         # docstring inherited
-        return self._key(path) in self._files
+        return normalize_key(path, "memory") in self._files
 
     def is_dir(self, path: PathLike) -> bool:
         # docstring inherited
-        return self._key(path) in self._dirs
+        return normalize_key(path, "memory") in self._dirs
 
     def _check_directory(self, key: str, path: PathLike) -> None:
         if key in self._files:
@@ -186,7 +183,7 @@ class MemoryBackend(StorageBackend):
         recursive: bool = False,
     ) -> list[str]:
         # docstring inherited
-        key = self._key(directory)
+        key = normalize_key(directory, "memory")
         prefix = key + "/" if key else ""
         with self._lock:
             self._check_directory(key, directory)
@@ -199,7 +196,7 @@ class MemoryBackend(StorageBackend):
 
     def list_dir(self, path: PathLike) -> list[str]:
         # docstring inherited
-        key = self._key(path)
+        key = normalize_key(path, "memory")
         prefix = key + "/" if key else ""
         with self._lock:
             self._check_directory(key, path)
@@ -212,7 +209,7 @@ class MemoryBackend(StorageBackend):
 
     def stat(self, path: PathLike) -> dict[str, Any]:
         # docstring inherited
-        key = self._key(path)
+        key = normalize_key(path, "memory")
         with self._lock:
             if key in self._dirs:
                 return {"type": "directory", "size": 0}
