@@ -7,6 +7,7 @@ zarr when it is first used.
 from __future__ import annotations
 
 from polystore.backend import ReadOnlyBackend, StorageBackend
+from polystore.disk import DiskBackend
 from polystore.errors import (
     BackendNotFoundError,
     InvalidPathError,
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendNotFoundError",
     "BackendRegistry",
+    "DiskBackend",
     "FileManager",
     "InvalidPathError",
     "MemoryBackend",

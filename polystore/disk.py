@@ -1,0 +1,549 @@
+"""DiskBackend: files on the local filesystem, written atomically."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import posixpath
+import shutil
+import stat as stat_module
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.lib import format as npy_format
+
+from polystore._paths import confine, filter_names
+from polystore.backend import PathLike, StorageBackend, check_batch_lengths
+from polystore.errors import InvalidPathError, UnsupportedFormatError
+
+__all__ = ["DiskBackend"]
+
+#: Every temporary file starts with this; listings never show such names, and
+#: :meth:`DiskBackend.cleanup` removes the ones a killed writer left behind.
+TEMP_PREFIX = ".polystore-tmp-"
+
+_FORMATS = {".npy": "npy", ".npz": "npz", ".json": "json", ".txt": "txt", ".tif": "tiff", ".tiff": "tiff"}
+
+#: What a writer gets: buffers to write in order, or a function writing to a binary file.
+_Payload = list[Any] | Callable[[io.BufferedIOBase], None]
+
+
+class DiskBackend(StorageBackend):
+    """Files on the local filesystem; the format follows the path's suffix.
+
+    ========================  ==========================================  ===================
+    suffix (any case)         saves                                       loads
+    ========================  ==========================================  ===================
+    ``.npy``                  a numpy array or scalar (no object arrays)  the array
+    ``.npz``                  a dict of str to arrays                     a dict of arrays
+    ``.json``                 a dict or list (JSON rules: tuples come     a dict or list
+                              back as lists, keys as str)
+    ``.txt``                  a str, as UTF-8                             the str
+    ``.tif`` / ``.tiff``      an array, through ``tifffile`` (extra       the array
+                              keywords go to ``tifffile.imwrite`` /
+                              ``imread``)
+    anything else             bytes, bytearray or memoryview              bytes
+    ========================  ==========================================  ===================
+
+    Data that does not fit the suffix (a str to ``.npy``, an object array,
+    any unsupported type) raises :class:`UnsupportedFormatError` before
+    anything is written; a wrongly typed *path* raises ``TypeError``.
+
+    Every write goes to a hidden temporary sibling (named
+    ``.polystore-tmp-<random>-<name>``) that is then renamed into place
+    (``os.replace``), or, without ``overwrite``, hard-linked into place, which
+    fails if the name exists: of several racing writers, in any processes,
+    exactly one wins. A crash or kill leaves the old file or the new one,
+    never a torn one; it can leave a temporary file, which listings hide and
+    :meth:`cleanup` removes.
+
+    Parameters
+    ----------
+    root
+        Confine every path to this directory: relative paths are taken
+        relative to it, and ``..`` escapes, absolute paths elsewhere and
+        symlinks pointing out of it raise :class:`InvalidPathError` before
+        any I/O. Without a root, relative paths resolve against the current
+        working directory and nothing is refused.
+    fsync
+        Flush each file's data to stable storage before renaming it into
+        place, and the directory after, so that even a power loss leaves the
+        old file or the new one. Off by default: a crashed *process* never
+        tears a file either way, and fsync costs time on real disks.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile
+    >>> disk = DiskBackend(root=tempfile.mkdtemp())
+    >>> disk.save(np.arange(3), "run1/a.npy")
+    >>> disk.load("run1/a.npy")
+    array([0, 1, 2])
+    >>> disk.list_files("run1")
+    ['run1/a.npy']
+    """
+
+    _backend_type = "disk"
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, fsync: bool = False) -> None:
+        self.root: Path | None = None if root is None else Path(os.path.realpath(root))
+        self.fsync = fsync
+
+    def __repr__(self) -> str:
+        return f"DiskBackend(root={None if self.root is None else str(self.root)!r}, fsync={self.fsync})"
+
+    def _resolve(self, path: PathLike) -> str:
+        """Return the absolute filesystem path for ``path`` (confined to the root)."""
+        target = os.fspath(confine(path, self.root, "disk"))
+        if os.path.basename(target).startswith(TEMP_PREFIX):
+            raise InvalidPathError(f"disk backend: names starting with {TEMP_PREFIX!r} are reserved for temporary files: {str(path)!r}")
+        return target
+
+    # -- writing ---------------------------------------------------------
+    def save(self, data: Any, path: PathLike, *, overwrite: bool = False, **kwargs: Any) -> None:
+        # docstring inherited
+        target = self._resolve(path)
+        self._write(_encode(data, target, path, kwargs), target, path, overwrite)
+
+    def save_batch(self, data_list: Sequence[Any], paths: Sequence[PathLike], *, overwrite: bool = False, **kwargs: Any) -> None:
+        # docstring inherited
+        # Every path and item is checked before the first file is written.
+        check_batch_lengths(data_list, paths, self.name)
+        targets = [self._resolve(path) for path in paths]
+        payloads = [_encode(data, target, path, kwargs) for data, target, path in zip(data_list, targets, paths)]
+        for payload, target, path in zip(payloads, targets, paths):
+            self._write(payload, target, path, overwrite)
+
+    def _write(self, payload: _Payload, target: str, path: PathLike, overwrite: bool) -> None:
+        """Write ``payload`` to a temporary sibling of ``target``, then move it into place."""
+        parent, name = os.path.split(target)
+        temp = os.path.join(parent, f"{TEMP_PREFIX}{os.urandom(8).hex()}-{name[:200]}")
+        descriptor = self._create_temp(temp, parent, path)
+        try:
+            try:
+                if isinstance(payload, list):
+                    _write_buffers(descriptor, payload)
+                else:
+                    with open(descriptor, "wb", closefd=False) as stream:
+                        payload(stream)
+                if self.fsync:
+                    os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+            self._commit(temp, target, path, overwrite)
+        except BaseException:
+            _remove_if_present(temp)
+            raise
+
+    def _create_temp(self, temp: str, parent: str, path: PathLike) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        try:
+            return os.open(temp, flags, 0o666)
+        except FileNotFoundError:
+            # Parents are made only when missing: one failed open is cheaper
+            # than a stat before every write.
+            self._make_directories(parent, path)
+            return os.open(temp, flags, 0o666)
+        except NotADirectoryError:
+            raise self._parent_is_file(path) from None
+
+    def _make_directories(self, directory: str, path: PathLike) -> None:
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise self._parent_is_file(path) from None
+
+    def _parent_is_file(self, path: PathLike) -> NotADirectoryError:
+        return NotADirectoryError(errno.ENOTDIR, "disk backend: a parent of this path is a file, not a directory", str(path))
+
+    def _commit(self, source: str, target: str, path: PathLike, overwrite: bool) -> None:
+        """Move the finished file ``source`` to ``target``: replace, or exclusive create."""
+        if overwrite:
+            try:
+                os.replace(source, target)
+            except IsADirectoryError:
+                raise self._is_directory(path) from None
+        else:
+            try:
+                os.link(source, target, follow_symlinks=False)
+            except FileExistsError:
+                if os.path.isdir(target):
+                    raise self._is_directory(path) from None
+                raise FileExistsError(errno.EEXIST, "disk backend: path exists; pass overwrite=True to replace it", str(path)) from None
+            os.unlink(source)
+        if self.fsync:
+            _fsync_directory(os.path.dirname(target))
+
+    def _is_directory(self, path: PathLike) -> IsADirectoryError:
+        return IsADirectoryError(errno.EISDIR, "disk backend: a directory exists at this path", str(path))
+
+    def _missing(self, path: PathLike) -> FileNotFoundError:
+        return FileNotFoundError(errno.ENOENT, "disk backend: nothing is stored at this path", str(path))
+
+    def ensure_directory(self, path: PathLike) -> None:
+        # docstring inherited
+        target = self._resolve(path)
+        try:
+            os.makedirs(target, exist_ok=True)
+        except FileExistsError:
+            raise FileExistsError(errno.EEXIST, "disk backend: a file exists at this path", str(path)) from None
+        except NotADirectoryError:
+            raise self._parent_is_file(path) from None
+
+    def delete(self, path: PathLike, *, recursive: bool = False) -> None:
+        # docstring inherited
+        target = self._resolve(path)
+        if self.root is not None and target == str(self.root):
+            raise IsADirectoryError(errno.EISDIR, "disk backend: cannot delete the root directory", str(path))
+        try:
+            if not stat_module.S_ISDIR(os.lstat(target).st_mode):
+                os.unlink(target)
+            elif recursive:
+                shutil.rmtree(target)
+            else:
+                os.rmdir(target)
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._missing(path) from None
+        except OSError as error:
+            if error.errno != errno.ENOTEMPTY:
+                raise
+            hint = "pass recursive=True"
+            if not self.list_dir(path):
+                hint = "it holds only temporary files of unfinished writes; call cleanup() or pass recursive=True"
+            raise OSError(errno.ENOTEMPTY, f"disk backend: directory is not empty; {hint}", str(path)) from None
+
+    def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
+        # docstring inherited
+        source, target = self._resolve(src), self._resolve(dst)
+        with self._open_for_reading(source, src) as stream:
+            self._write(lambda out: shutil.copyfileobj(stream, out, 1 << 24), target, dst, overwrite)
+
+    def move(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
+        # docstring inherited
+        source, target = self._resolve(src), self._resolve(dst)
+        try:
+            is_directory = stat_module.S_ISDIR(os.lstat(source).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._missing(src) from None
+        if is_directory:
+            raise IsADirectoryError(errno.EISDIR, "disk backend: copy and move take files, not directories", str(src))
+        self._make_directories(os.path.dirname(target), dst)
+        try:
+            self._commit(source, target, dst, overwrite)
+        except OSError as error:
+            if error.errno != errno.EXDEV:
+                raise
+            # Another filesystem (possible without a root): copy, then delete.
+            self.copy(src, dst, overwrite=overwrite)
+            os.unlink(source)
+
+    # -- reading ---------------------------------------------------------
+    def _open_for_reading(self, target: str, path: PathLike) -> io.BufferedReader:
+        try:
+            return open(target, "rb")
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._missing(path) from None
+        except IsADirectoryError:
+            raise IsADirectoryError(errno.EISDIR, "disk backend: this path is a directory, not a file", str(path)) from None
+
+    def load(self, path: PathLike, **kwargs: Any) -> Any:
+        # docstring inherited
+        target = self._resolve(path)
+        return self._read(target, path, kwargs)
+
+    def load_batch(self, paths: Sequence[PathLike], **kwargs: Any) -> list[Any]:
+        # docstring inherited
+        return [self._read(self._resolve(path), path, kwargs) for path in paths]
+
+    def _read(self, target: str, path: PathLike, kwargs: dict[str, Any]) -> Any:
+        kind = _FORMATS.get(os.path.splitext(target)[1].lower(), "bytes")
+        if kwargs and kind != "tiff":
+            raise TypeError(f"disk backend: load got unexpected options {sorted(kwargs)}; only .tif/.tiff files take options")
+        with self._open_for_reading(target, path) as stream:
+            if kind == "tiff":
+                return _read_tiff(stream, path, kwargs)
+            if kind == "npy":
+                return _read_npy(stream, path)
+            if kind == "npz":
+                return _read_npz(stream, path)
+            content = stream.read()
+        if kind == "bytes":
+            return content
+        try:
+            return content.decode("utf-8") if kind == "txt" else json.loads(content)
+        except ValueError as error:
+            raise ValueError(f"disk backend: {str(path)!r} is not valid {'UTF-8 text' if kind == 'txt' else 'JSON'}: {error}") from error
+
+    def exists(self, path: PathLike) -> bool:
+        # docstring inherited
+        return os.path.exists(self._resolve(path))
+
+    def is_file(self, path: PathLike) -> bool:
+        # docstring inherited
+        return os.path.isfile(self._resolve(path))
+
+    def is_dir(self, path: PathLike) -> bool:
+        # docstring inherited
+        return os.path.isdir(self._resolve(path))
+
+    def _scan(self, directory: str, path: PathLike) -> list[os.DirEntry[str]]:
+        """Return the entries of ``directory``, temporary files left out."""
+        try:
+            with os.scandir(directory) as entries:
+                return [entry for entry in entries if not entry.name.startswith(TEMP_PREFIX)]
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, "disk backend: no directory at this path", str(path)) from None
+        except NotADirectoryError:
+            raise NotADirectoryError(errno.ENOTDIR, "disk backend: this path is a file, not a directory", str(path)) from None
+
+    def list_files(
+        self,
+        directory: PathLike,
+        pattern: str | None = None,
+        extensions: set[str] | None = None,
+        recursive: bool = False,
+    ) -> list[str]:
+        # docstring inherited
+        # Symlinked files are listed; symlinked directories are not walked into.
+        names: list[str] = []
+        pending = [("", self._scan(self._resolve(directory), directory))]
+        while pending:
+            prefix, entries = pending.pop()
+            for entry in entries:
+                if entry.is_file():
+                    names.append(prefix + entry.name)
+                elif recursive and entry.is_dir(follow_symlinks=False):
+                    try:
+                        pending.append((f"{prefix}{entry.name}/", self._scan(entry.path, directory)))
+                    except FileNotFoundError:
+                        continue  # deleted while we were listing
+        base = str(directory)
+        return sorted(posixpath.join(base, name) for name in filter_names(names, pattern, extensions))
+
+    def list_dir(self, path: PathLike) -> list[str]:
+        # docstring inherited
+        return sorted(entry.name for entry in self._scan(self._resolve(path), path))
+
+    def stat(self, path: PathLike) -> dict[str, Any]:
+        """Return ``type``, ``size`` in bytes (0 for a directory, as on every backend) and ``mtime``."""
+        try:
+            info = os.stat(self._resolve(path))
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._missing(path) from None
+        if stat_module.S_ISDIR(info.st_mode):
+            return {"type": "directory", "size": 0, "mtime": info.st_mtime}
+        return {"type": "file", "size": info.st_size, "mtime": info.st_mtime}
+
+    # -- maintenance -----------------------------------------------------
+    def cleanup(self, directory: PathLike | None = None, older_than: float = 0.0) -> list[str]:
+        """Remove temporary files that killed writers left behind.
+
+        Parameters
+        ----------
+        directory
+            Where to look, with all its subdirectories; by default the root.
+        older_than
+            Remove only temporary files last modified at least this many
+            seconds ago. The default 0 removes every one, including those of
+            writes still running: while other writers may be active, pass a
+            safe margin such as ``older_than=3600``.
+
+        Returns
+        -------
+        list of str
+            The sorted absolute paths of the removed files.
+        """
+        if directory is None:
+            if self.root is None:
+                raise TypeError("disk backend: cleanup() needs a directory when the backend has no root")
+            top = str(self.root)
+        else:
+            top = self._resolve(directory)
+        deadline = time.time() - older_than
+        removed = []
+        for folder, _, files in os.walk(top):
+            for name in files:
+                if not name.startswith(TEMP_PREFIX):
+                    continue
+                temp = os.path.join(folder, name)
+                try:
+                    if os.lstat(temp).st_mtime <= deadline:
+                        os.unlink(temp)
+                        removed.append(temp)
+                except FileNotFoundError:
+                    continue  # its writer finished or failed meanwhile
+        return sorted(removed)
+
+
+# -- formats -------------------------------------------------------------
+def _encode(data: Any, target: str, path: PathLike, options: dict[str, Any]) -> _Payload:
+    """Check ``data`` against the suffix of ``target`` and return what to write."""
+    kind = _FORMATS.get(os.path.splitext(target)[1].lower(), "bytes")
+    if options and kind != "tiff":
+        raise TypeError(f"disk backend: save got unexpected options {sorted(options)}; only .tif/.tiff files take options")
+    if kind == "bytes":
+        if isinstance(data, (bytes, bytearray)):
+            return [data]
+        if isinstance(data, memoryview):
+            return [data if data.c_contiguous else data.tobytes()]
+        raise _unsupported(data, path, "raw bytes (bytes, bytearray or memoryview)")
+    if kind == "txt":
+        if isinstance(data, str):
+            return [data.encode("utf-8")]
+        raise _unsupported(data, path, "a str")
+    if kind == "json":
+        if not isinstance(data, (dict, list)):
+            raise _unsupported(data, path, "a dict or list")
+        try:
+            return [json.dumps(data, ensure_ascii=False).encode("utf-8")]
+        except (TypeError, ValueError) as error:
+            raise UnsupportedFormatError(f"disk backend: cannot save {str(path)!r} as JSON: {error}") from error
+    if kind == "npz":
+        if not isinstance(data, dict) or not all(isinstance(key, str) for key in data):
+            raise _unsupported(data, path, "a dict of str keys to numpy arrays")
+        arrays = {key: _checked_array(value, path, f"the value of {key!r}") for key, value in data.items()}
+        return lambda stream: _write_npz(stream, arrays)
+    array = _checked_array(data, path, "the data")
+    if kind == "tiff":
+        tifffile = _import_tifffile()
+        return lambda stream: tifffile.imwrite(stream, array, **options)
+    return _npy_payload(array)
+
+
+def _unsupported(data: Any, path: PathLike, expected: str) -> UnsupportedFormatError:
+    suffix = os.path.splitext(os.fspath(path))[1] or "(no suffix)"
+    return UnsupportedFormatError(
+        f"disk backend: cannot save {type(data).__name__} to {str(path)!r}: {suffix} files hold {expected}. "
+        "The suffix picks the format: arrays go to .npy, .npz or .tif, dicts to .json, "
+        "str to .txt, bytes to any other suffix (such as .bin)"
+    )
+
+
+def _checked_array(data: Any, path: PathLike, what: str) -> np.ndarray:
+    if isinstance(data, np.generic):
+        data = np.asarray(data)
+    if not isinstance(data, np.ndarray):
+        raise _unsupported(data, path, f"numpy arrays, and {what} is not one (convert it with np.asarray)")
+    if data.dtype.hasobject:
+        raise UnsupportedFormatError(
+            f"disk backend: cannot save an object array ({what}, dtype {data.dtype}) to {str(path)!r}: "
+            "pickles are never written; convert it to a numeric, bytes or fixed-width str dtype"
+        )
+    return data
+
+
+def _npy_payload(array: np.ndarray) -> _Payload:
+    """The .npy header and the raw data of ``array``, without copying it."""
+    header = npy_format.header_data_from_array_1_0(array)
+    contiguous = array.flags.c_contiguous or array.flags.f_contiguous
+    if contiguous and array.itemsize:
+        prefix = io.BytesIO()
+        try:
+            npy_format.write_array_header_1_0(prefix, header)
+        except ValueError:
+            pass  # a header too large for format 1.0; numpy picks the version below
+        else:
+            flat = (array.T if header["fortran_order"] else array).reshape(-1)
+            return [prefix.getvalue(), flat.view(np.uint8)]
+    return lambda stream: npy_format.write_array(stream, array, allow_pickle=False)
+
+
+def _write_npz(stream: io.BufferedIOBase, arrays: dict[str, np.ndarray]) -> None:
+    # What np.savez does, minus its keyword arguments (a key named "file"
+    # or "allow_pickle" would collide with them).
+    with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for key, array in arrays.items():
+            with archive.open(key + ".npy", "w", force_zip64=True) as member:
+                npy_format.write_array(member, array, allow_pickle=False)
+
+
+def _read_npy(stream: io.BufferedReader, path: PathLike) -> np.ndarray:
+    """Read a .npy file straight into a new array (``readinto``, no extra copy)."""
+    try:
+        version = npy_format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = npy_format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = npy_format.read_array_header_2_0(stream)
+        else:
+            stream.seek(0)
+            return npy_format.read_array(stream, allow_pickle=False)
+        if dtype.hasobject:
+            raise ValueError("it holds pickled Python objects, which polystore never loads")
+        size = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+        available = os.fstat(stream.fileno()).st_size - stream.tell()
+        if available < size:
+            raise ValueError(f"it is truncated: the header announces {size} data bytes, the file holds {available}")
+        if fortran_order:
+            array = np.empty(shape[::-1], dtype).T
+            flat = array.T.reshape(-1)
+        else:
+            array = np.empty(shape, dtype)
+            flat = array.reshape(-1)
+        if size and stream.readinto(flat.view(np.uint8)) != size:
+            raise ValueError("it changed while being read")
+    except ValueError as error:
+        raise ValueError(f"disk backend: {str(path)!r} is not a readable .npy file: {error}") from error
+    return array
+
+
+def _read_npz(stream: io.BufferedReader, path: PathLike) -> dict[str, np.ndarray]:
+    try:
+        with np.lib.npyio.NpzFile(stream, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"disk backend: {str(path)!r} is not a readable .npz file: {error}") from error
+
+
+def _import_tifffile() -> Any:
+    try:
+        import tifffile
+    except ImportError as error:
+        raise ImportError(
+            "disk backend: .tif/.tiff files need the tifffile package; install it with "
+            "'pip install polystore[tiff]'"
+        ) from error
+    return tifffile
+
+
+def _read_tiff(stream: io.BufferedReader, path: PathLike, options: dict[str, Any]) -> np.ndarray:
+    tifffile = _import_tifffile()
+    try:
+        return tifffile.imread(stream, **options)
+    except ValueError as error:
+        raise ValueError(f"disk backend: {str(path)!r} is not a readable TIFF file: {error}") from error
+
+
+# -- low-level file helpers ----------------------------------------------
+def _write_buffers(descriptor: int, buffers: list[Any]) -> None:
+    """Write every buffer in order; a single write may stop short (over 2 GiB)."""
+    views = [memoryview(buffer).cast("B") for buffer in buffers]
+    written = os.writev(descriptor, views)
+    for view in views:
+        if written >= len(view):
+            written -= len(view)
+            continue
+        view = view[written:]
+        written = 0
+        while view:
+            view = view[os.write(descriptor, view):]
+
+
+def _fsync_directory(directory: str) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _remove_if_present(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
