@@ -18,6 +18,7 @@ from polystore.errors import (
 from polystore.manager import FileManager
 from polystore.memory import MemoryBackend
 from polystore.registry import BackendRegistry
+from polystore.zarr_backend import ZarrBackend
 
 __version__ = "0.1.0"
 
@@ -33,4 +34,5 @@ __all__ = [
     "ReadOnlyError",
     "StorageBackend",
     "UnsupportedFormatError",
+    "ZarrBackend",
 ]

@@ -1,0 +1,266 @@
+"""zarr-specific helpers of the zarr backend: codecs, chunk sizes, regions, errors.
+
+zarr is imported here on first use only, so ``import polystore`` stays light.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import zarr
+
+__all__ = [
+    "COMPRESSORS",
+    "create_zarr_array",
+    "default_chunks",
+    "find_unreadable_chunk",
+    "import_zarr",
+    "load_selection",
+    "settle_pending_writes",
+    "write_region",
+]
+
+#: The compressor names ``save`` and ``create_array`` accept (and ``None``).
+COMPRESSORS = ("zstd", "blosc-lz4", "gzip")
+
+#: What a default chunk aims to hold; chunks end between half and this.
+_TARGET_CHUNK_BYTES = 4 * 2**20
+
+
+def import_zarr() -> ModuleType:
+    """Import and return zarr, or raise ImportError with the install hint."""
+    try:
+        import zarr
+    except ImportError as error:
+        raise ImportError(
+            "the zarr backend needs zarr>=3.1; install it with: pip install 'zarr>=3.1'"
+        ) from error
+    return zarr
+
+
+def _compressors(compressor: str | None) -> Any:
+    import_zarr()
+    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+
+    if compressor is None:
+        return None
+    if compressor == "zstd":
+        return ZstdCodec(level=0)  # zarr's own default
+    if compressor == "blosc-lz4":
+        return BloscCodec(cname="lz4", shuffle="shuffle")
+    if compressor == "gzip":
+        return GzipCodec()
+    raise ValueError(
+        f"zarr backend: unknown compressor {compressor!r}; "
+        f"use one of {', '.join(map(repr, COMPRESSORS))} or None"
+    )
+
+
+def default_chunks(shape: Sequence[int], dtype: Any) -> tuple[int, ...]:
+    """Return a chunk shape of about 4 MiB (at most that) for an array.
+
+    Chunks grow square-ish over the last two dimensions first; an earlier
+    dimension grows only once every later one is whole. An array smaller
+    than the target is one chunk. Each chunk side is then evened out so the
+    chunks along a dimension are close to equal (1000 rows in two chunks of
+    500, not 524 and 476).
+
+    Examples
+    --------
+    >>> default_chunks((16384, 16384), "float32")
+    (1024, 1024)
+    >>> default_chunks((100, 512, 512), "float32")
+    (4, 512, 512)
+    """
+    shape = tuple(int(size) for size in shape)
+    budget = max(1, _TARGET_CHUNK_BYTES // max(1, np.dtype(dtype).itemsize))
+    chunks = [1] * len(shape)
+    active = list(range(max(0, len(shape) - 2), len(shape)))
+    while True:
+        growable = [dim for dim in active if chunks[dim] < shape[dim]]
+        if not growable:
+            if len(active) == len(shape):
+                break
+            active.insert(0, len(shape) - len(active) - 1)
+            continue
+        # Grow the smallest side; on a tie the later (faster-varying) one.
+        dim = min(reversed(growable), key=lambda d: chunks[d])
+        others = math.prod(chunks) // chunks[dim]
+        grown = min(2 * chunks[dim], shape[dim], budget // others)
+        if grown <= chunks[dim]:
+            break
+        chunks[dim] = grown
+    return tuple(
+        -(-size // -(-size // chunk)) if size else 1 for size, chunk in zip(shape, chunks)
+    )
+
+
+def _chunks_inside_shards(shards: Sequence[int], dtype: Any) -> tuple[int, ...]:
+    """Default chunks that divide ``shards`` (zarr requires whole chunks per shard)."""
+    chunks = []
+    for shard, chunk in zip(shards, default_chunks(shards, dtype)):
+        while shard % chunk:
+            chunk -= 1
+        chunks.append(chunk)
+    return tuple(chunks)
+
+
+def create_zarr_array(
+    path: Path,
+    shape: Sequence[int],
+    dtype: Any,
+    *,
+    chunks: Sequence[int] | None,
+    shards: Sequence[int] | None,
+    compressor: str | None,
+    fill_value: Any,
+    attributes: dict[str, Any] | None,
+) -> zarr.Array:
+    """Create a zarr v3 array in a local directory that must not exist yet."""
+    zarr = import_zarr()
+    from zarr.storage import LocalStore
+
+    compressors = _compressors(compressor)
+    if chunks is None:
+        chunks = default_chunks(shape, dtype) if shards is None else _chunks_inside_shards(shards, dtype)
+    options: dict[str, Any] = {} if fill_value is None else {"fill_value": fill_value}
+    return zarr.create_array(
+        store=LocalStore(path),
+        shape=tuple(shape),
+        dtype=dtype,
+        chunks=tuple(chunks),
+        shards=None if shards is None else tuple(shards),
+        compressors=compressors,
+        attributes=attributes,
+        zarr_format=3,
+        **options,
+    )
+
+
+def settle_pending_writes() -> None:
+    """Wait for chunk writes zarr left running after a failed write.
+
+    zarr gathers a write's chunk tasks without cancelling the rest when one
+    fails, so they keep writing in zarr's event loop after the error reaches
+    us. Cleaning up the temporary directory before they end would let them
+    recreate it.
+    """
+    import_zarr()
+    from zarr.core.sync import sync
+
+    async def wait_for_others() -> None:
+        current = asyncio.current_task()
+        others = [task for task in asyncio.all_tasks() if task is not current]
+        if others:
+            await asyncio.wait(others, timeout=60)
+
+    sync(wait_for_others())
+
+
+def _region_slices(region: Any, shape: tuple[int, ...], path: str) -> tuple[slice, ...]:
+    """Return ``region`` as one ``slice(start, stop)`` per dimension, inside ``shape``."""
+    items = region if isinstance(region, tuple) else (region,)
+    if len(items) > len(shape):
+        raise ValueError(
+            f"zarr backend: region {region!r} has {len(items)} dimensions but the array "
+            f"at {path!r} has {len(shape)}"
+        )
+    slices = []
+    for item, size in itertools.zip_longest(items, shape, fillvalue=slice(None)):
+        if not isinstance(item, slice) or item.step not in (None, 1):
+            raise TypeError(
+                f"zarr backend: a write region is a tuple of slices with step 1, got {region!r}"
+            )
+        start = 0 if item.start is None else item.start
+        stop = size if item.stop is None else item.stop
+        if not (isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer))) or not (
+            0 <= start <= stop <= size
+        ):
+            raise ValueError(
+                f"zarr backend: region {region!r} is outside the array at {path!r} of shape "
+                f"{shape}; give 0 <= start <= stop <= size in every dimension"
+            )
+        slices.append(slice(int(start), int(stop)))
+    return tuple(slices)
+
+
+def write_region(target: zarr.Array, block: np.ndarray, region: Any, path: str) -> None:
+    """Write ``block`` into ``region`` of ``target`` after checking bounds, shape and dtype."""
+    slices = _region_slices(region, target.shape, path)
+    expected = tuple(item.stop - item.start for item in slices)
+    if block.shape != expected:
+        raise ValueError(
+            f"zarr backend: block of shape {block.shape} does not fit region {region!r} "
+            f"of shape {expected} in the array at {path!r}"
+        )
+    if not np.can_cast(block.dtype, target.dtype, casting="same_kind"):
+        raise TypeError(
+            f"zarr backend: cannot write {block.dtype} data into the {target.dtype} array "
+            f"at {path!r} without an unsafe cast; convert the block with astype first"
+        )
+    if block.size:
+        target[slices] = block
+
+
+def load_selection(region: Any) -> Any:
+    """Return ``region`` as a zarr basic selection, checking its element types."""
+    if region is None:
+        return Ellipsis
+    items = region if isinstance(region, tuple) else (region,)
+    for item in items:
+        if not isinstance(item, (slice, int, np.integer)) and item is not Ellipsis:
+            raise TypeError(
+                f"zarr backend: region must be slices and ints (a basic selection), got {region!r}"
+            )
+    return items
+
+
+def _touched(selection: tuple[Any, ...], shape: tuple[int, ...]) -> list[range]:
+    """For each dimension, the index range a basic selection reads."""
+    if any(item is Ellipsis for item in selection):
+        at = next(i for i, item in enumerate(selection) if item is Ellipsis)
+        fill = (slice(None),) * (len(shape) - len(selection) + 1)
+        selection = selection[:at] + fill + selection[at + 1:]
+    selection = selection + (slice(None),) * (len(shape) - len(selection))
+    ranges = []
+    for item, size in zip(selection, shape):
+        if isinstance(item, slice):
+            start, stop, step = item.indices(size)
+            low, high = (start, stop) if step > 0 else (stop + 1, start + 1)
+            ranges.append(range(low, max(low, high)))
+        else:
+            index = int(item) + size if item < 0 else int(item)
+            ranges.append(range(index, index + 1))
+    return ranges
+
+
+def find_unreadable_chunk(array: zarr.Array, selection: Any) -> tuple[int, ...] | None:
+    """Return the grid position of the first stored chunk (shard if sharded) that fails to read.
+
+    Only called after a read failed, to name the file at fault.
+    """
+    unit = array.shards or array.chunks
+    selection = selection if isinstance(selection, tuple) else (selection,)
+    grid = [
+        range(touched.start // side, -(-touched.stop // side)) if len(touched) else range(0)
+        for touched, side in zip(_touched(selection, array.shape), unit)
+    ]
+    for position in itertools.product(*grid):
+        part = tuple(
+            slice(index * side, min((index + 1) * side, size))
+            for index, side, size in zip(position, unit, array.shape)
+        )
+        try:
+            array[part]
+        except Exception:
+            return position
+    return None

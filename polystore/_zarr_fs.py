@@ -1,0 +1,123 @@
+"""Filesystem steps of the zarr backend: array detection and atomic directory swaps.
+
+A zarr array is a directory, so putting a finished one in place needs more
+than ``os.replace``: ``os.rename`` of a directory fails onto a non-empty
+directory but silently succeeds onto an empty one. Linux ``renameat2`` does
+both steps the backend needs in one system call: ``RENAME_NOREPLACE`` (fail
+if anything is at the target) and ``RENAME_EXCHANGE`` (swap two paths).
+Where it is missing (other systems, some filesystems) the fallbacks below are
+used; each documents the short window it leaves.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from polystore.disk import TEMP_PREFIX
+
+__all__ = [
+    "TEMP_PREFIX",
+    "discard",
+    "is_array_dir",
+    "rename_exchange",
+    "rename_noreplace",
+    "temp_sibling",
+    "tree_size",
+]
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
+# errno values meaning "this kernel or filesystem cannot do that flag".
+_UNSUPPORTED = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP}
+
+
+def _load_renameat2() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # no glibc >= 2.28
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_renameat2 = _load_renameat2()
+
+
+def _try_renameat2(src: Path, dst: Path, flags: int) -> bool:
+    """Rename with ``flags``; False if the system cannot, OSError if the rename failed."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _UNSUPPORTED:
+        return False
+    raise OSError(code, os.strerror(code), str(src), None, str(dst))
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``, raising :class:`FileExistsError` if anything is at ``dst``.
+
+    Without ``renameat2`` an empty directory is made at ``dst`` first as a lock
+    (``mkdir`` is exclusive) and ``src`` renamed onto it; between the two
+    steps ``dst`` shows as an empty directory.
+    """
+    if _try_renameat2(src, dst, _RENAME_NOREPLACE):
+        return
+    os.mkdir(dst)
+    try:
+        os.rename(src, dst)
+    except BaseException:
+        os.rmdir(dst)
+        raise
+
+
+def rename_exchange(first: Path, second: Path) -> bool:
+    """Swap ``first`` and ``second`` atomically; False if the system cannot."""
+    return _try_renameat2(first, second, _RENAME_EXCHANGE)
+
+
+def temp_sibling(path: Path) -> Path:
+    """Return an unused hidden path in the directory of ``path``."""
+    return path.with_name(f"{TEMP_PREFIX}{path.name[:100]}-{uuid.uuid4().hex[:16]}")
+
+
+def discard(path: Path) -> None:
+    """Remove the tree at ``path``: renamed aside first, so it vanishes at once."""
+    trash = temp_sibling(path)
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def is_array_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds a ``zarr.json`` describing an array (not a group)."""
+    try:
+        with open(os.path.join(path, "zarr.json"), "rb") as file:
+            metadata = json.load(file)
+    except (OSError, ValueError):
+        return False
+    return isinstance(metadata, dict) and metadata.get("node_type") == "array"
+
+
+def tree_size(path: Path) -> int:
+    """Return the bytes of the regular files under ``path``."""
+    total = 0
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                total += tree_size(Path(entry.path))
+            elif entry.is_file(follow_symlinks=False):
+                total += entry.stat(follow_symlinks=False).st_size
+    return total
