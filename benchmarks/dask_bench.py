@@ -1,0 +1,198 @@
+"""Rows 5 to 8: polystore_dask against plain Dask on one LocalCluster.
+
+The cluster is ``LocalCluster(n_workers=2, threads_per_worker=1,
+processes=True)`` with ``PolystorePlugin`` registered, shared by both sides.
+
+- Row 5: ``DaskFileManager.save_array`` of a 1 GiB float32 array generated
+  on the workers (``da.random.default_rng(42)``, 1024 x 1024 chunks) against
+  ``da.to_zarr`` with the same chunks and the codecs ours wrote. The wall
+  time includes generating the data, for both.
+- Row 6: ``load_array(...).sum().compute()`` against
+  ``da.from_zarr(...).sum().compute()``, both reading one array written
+  before the reps.
+- Row 7: 1000 arrays of 64 KiB held by the client, saved to disk with one
+  ``save_batch`` against one ``client.submit(np.save, ...)`` per file; both
+  ship the arrays from the client.
+- Row 8: the client process's peak RSS growth during each rep of rows 5
+  and 6, sampled every 2 ms in a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from benchmarks._harness import MiB, Bench, Result, RssSampler, Stats, compare, throughput_result, timed
+
+__all__ = ["run"]
+
+MAX_CLIENT_GROWTH_MIB = 200.0
+
+
+@contextlib.contextmanager
+def _cluster() -> Iterator[Any]:
+    from distributed import Client, LocalCluster
+
+    from polystore_dask import PolystorePlugin
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR) as cluster,
+        Client(cluster) as client,
+    ):
+        client.register_plugin(PolystorePlugin())
+        yield client
+
+
+class _Sampled:
+    """Wraps timed calls with an RSS sampler and keeps each call's peak growth."""
+
+    def __init__(self) -> None:
+        self.growth: list[float] = []
+
+    def __call__(self, function: Callable[..., object], *args: object, **kwargs: object) -> float:
+        with RssSampler() as sampler:
+            seconds = timed(function, *args, **kwargs)
+        self.growth.append(sampler.peak_growth / MiB)
+        return seconds
+
+    def timed_reps(self, warmup: int) -> list[float]:
+        return self.growth[warmup:]
+
+
+def _memory_result(row: str, title: str, ours: tuple[str, _Sampled], baseline: tuple[str, _Sampled], warmup: int) -> Result:
+    ours_growth = ours[1].timed_reps(warmup)
+    return Result(
+        row=row,
+        title=title,
+        unit="MiB",
+        ours_label=ours[0],
+        ours=Stats.of(ours_growth),
+        baseline_label=baseline[0],
+        baseline=Stats.of(baseline[1].timed_reps(warmup)),
+        target=f"max <= {MAX_CLIENT_GROWTH_MIB:.0f} MiB",
+        met=max(ours_growth) <= MAX_CLIENT_GROWTH_MIB,
+        note=f"max {max(ours_growth):.0f} MiB over {len(ours_growth)} reps",
+    )
+
+
+def _save_and_load_array(bench: Bench, client: Any, rows: set[str]) -> list[Result]:
+    import dask.array as da
+    import zarr
+
+    from polystore_dask import DaskFileManager
+
+    dfm = DaskFileManager(client)
+    side, chunk = bench.size(16384, 1024), bench.size(1024, 256)
+
+    def generated() -> Any:
+        return da.random.default_rng(42).random((side, side), dtype=np.float32, chunks=(chunk, chunk))
+
+    with bench.scratch() as directory:
+        probe = str(directory / "probe.zarr")
+        dfm.save_array(generated(), probe, "zarr")
+        written = zarr.open_array(probe, mode="r")
+    if written.chunks != (chunk, chunk) or written.shards is not None:
+        raise RuntimeError(f"save_array wrote chunks {written.chunks}, shards {written.shards}; expected {(chunk, chunk)}, no shards")
+    compressors = written.compressors
+    source = str(bench.fresh_dir() / "source.zarr")
+    da.to_zarr(generated(), source, compressors=compressors)
+    expected = float(da.from_zarr(source).sum().compute())
+    found = float(dfm.load_array(source, "zarr").sum().compute())
+    if not np.isclose(found, expected, rtol=1e-5):
+        raise RuntimeError(f"load_array(...).sum() gave {found}, from_zarr(...).sum() {expected}")
+
+    sampled = {name: _Sampled() for name in ("save ours", "save dask", "load ours", "load dask")}
+
+    def ours_save() -> float:
+        with bench.scratch() as directory:
+            x = generated()
+            return sampled["save ours"](dfm.save_array, x, str(directory / "a.zarr"), "zarr")
+
+    def dask_save() -> float:
+        with bench.scratch() as directory:
+            x = generated()
+            return sampled["save dask"](da.to_zarr, x, str(directory / "a.zarr"), compressors=compressors)
+
+    def ours_load() -> float:
+        return sampled["load ours"](lambda: dfm.load_array(source, "zarr").sum().compute())
+
+    def dask_load() -> float:
+        return sampled["load dask"](lambda: da.from_zarr(source).sum().compute())
+
+    reps, warmup = bench.heavy_reps, bench.warmup
+    megabytes = side * side * 4 / 1e6
+    codec = "+".join(type(codec).__name__ for codec in compressors) or "no compression"
+    title = f"{side * side * 4 // MiB} MiB float32, chunks {chunk}x{chunk}, {codec}"
+    results = []
+    if "5" in rows:
+        save = compare(ours_save, dask_save, reps=reps, warmup=warmup)
+        results.append(throughput_result(
+            "5", f"Dask save_array, {title}, generated on workers", unit="MB/s", work=megabytes,
+            ours=("dfm.save_array(x, p, 'zarr')", save[0]), baseline=("da.to_zarr(x, p)", save[1]), min_ratio=1.0,
+            note="aim 1.2"))
+    if "6" in rows:
+        load = compare(ours_load, dask_load, reps=reps, warmup=warmup)
+        results.append(throughput_result(
+            "6", f"Dask load_array(...).sum().compute(), {title} (hot cache)", unit="MB/s", work=megabytes,
+            ours=("dfm.load_array(p, 'zarr').sum()", load[0]), baseline=("da.from_zarr(p).sum()", load[1]), min_ratio=1.0))
+    if "8" in rows and "5" in rows:
+        results.append(_memory_result("8a", "client peak RSS growth during row 5",
+                                      ("save_array", sampled["save ours"]), ("da.to_zarr", sampled["save dask"]), warmup))
+    if "8" in rows and "6" in rows:
+        results.append(_memory_result("8b", "client peak RSS growth during row 6",
+                                      ("load_array.sum", sampled["load ours"]), ("from_zarr.sum", sampled["load dask"]), warmup))
+    return results
+
+
+def _many_small_arrays(bench: Bench, client: Any) -> list[Result]:
+    from polystore_dask import DaskFileManager
+
+    dfm = DaskFileManager(client)
+    count = bench.size(1000, 20)
+    rng = np.random.default_rng(7)
+    arrays = [rng.random(16384, dtype=np.float32) for _ in range(count)]
+    names = [f"a{i:04d}.npy" for i in range(count)]
+
+    with bench.scratch() as directory:
+        client.gather(dfm.save_batch(arrays, [str(directory / name) for name in names], "disk"))
+        np.testing.assert_array_equal(np.load(directory / names[-1]), arrays[-1])
+
+    def ours() -> float:
+        with bench.scratch() as directory:
+            paths = [str(directory / name) for name in names]
+            return timed(lambda: client.gather(dfm.save_batch(arrays, paths, "disk")))
+
+    def one_task_per_file() -> float:
+        with bench.scratch() as directory:
+            paths = [str(directory / name) for name in names]
+            return timed(lambda: client.gather([client.submit(np.save, path, array, pure=False) for path, array in zip(paths, arrays)]))
+
+    # Enough reps for a stable median; each costs about 2 s on the baseline side.
+    times = compare(ours, one_task_per_file, reps=bench.heavy_reps, warmup=bench.warmup)
+    return [throughput_result(
+        "7", f"Dask save_batch, {count} x 64 KiB float32 .npy to disk, arrays shipped from the client", unit="files/s",
+        work=count, ours=("dfm.save_batch(arrays, paths, 'disk')", times[0]),
+        baseline=("client.submit(np.save, p, a) per file", times[1]), min_ratio=5.0)]
+
+
+def run(bench: Bench, rows: set[str]) -> list[Result]:
+    """Measure the selected rows among 5, 6, 7 and 8 on one LocalCluster."""
+    results = []
+    with warnings.catch_warnings(), _cluster() as client:
+        # Both sides of row 7 put arrays in the graph, which Dask warns about.
+        warnings.filterwarnings("ignore", message=".*Sending large graph.*")
+        if rows & {"5", "6", "8"}:
+            results += _save_and_load_array(bench, client, rows | ({"5", "6"} if "8" in rows else set()))
+        if "7" in rows:
+            results += _many_small_arrays(bench, client)
+    bench.notes["5-8"] = (
+        "Rows 5-8: LocalCluster(n_workers=2, threads_per_worker=1, processes=True) with PolystorePlugin "
+        "registered, shared by both sides. Row 5's wall time includes generating the data on the workers. "
+        "Row 7: both sides ship the arrays from the client."
+    )
+    return results
