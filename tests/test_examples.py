@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -42,3 +43,51 @@ def test_custom_backend_is_in_the_registry_and_compresses(tmp_path: Path) -> Non
     fm.save(data, "zeros.npy.gz", "npygz")
     np.testing.assert_array_equal(fm.load("zeros.npy.gz", "npygz"), data)
     assert fm.stat("zeros.npy.gz", "npygz")["size"] < data.nbytes / 10
+
+
+# -- the scripts, run as a user runs them --------------------------------------------
+def test_pipeline_help_documents_every_option(tmp_path: Path) -> None:
+    result = run_example("pipeline.py", "--help", cwd=tmp_path)
+    for option in ("--frames", "--size", "--output", "--scheduler", "--workers", "--keep"):
+        assert option in result.stdout
+
+
+def test_pipeline_with_output_writes_results_and_prints_the_summary(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    result = run_example("pipeline.py", "--frames", "4", "--size", "128", "--output", str(output), cwd=tmp_path)
+    header = re.search(r"^step\s+size MiB\s+seconds\s+MB/s$", result.stdout, flags=re.M)
+    assert header, result.stdout
+    summary = result.stdout[header.end():]
+    for step in ("generate + write zarr", "read zarr + filter", "memory -> projection", "write results to disk"):
+        assert step in summary
+    assert (output / "raw" / "timelapse.zarr" / "zarr.json").is_file()
+    projection = np.load(output / "results" / "max_projection.npy")
+    assert projection.shape == (128, 128) and projection.dtype == np.float32
+    stats = json.loads((output / "results" / "frame_stats.json").read_text())
+    assert len(stats["per_frame"]) == 4
+    assert len(list((output / "results" / "thumbnails").glob("*.npy"))) == 4
+
+
+def test_pipeline_on_an_existing_scheduler_removes_its_temporary_output(tmp_path: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    from polystore_dask import PolystorePlugin
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+        client.register_plugin(PolystorePlugin())  # replaced by the pipeline's own options
+        result = run_example("pipeline.py", "--frames", "2", "--size", "64", "--scheduler", cluster.scheduler_address, cwd=tmp_path)
+        assert "cluster: 1 workers" in result.stdout
+        assert "replacing the polystore plugin" in result.stdout
+    output = re.search(r"output in (\S+)", result.stdout)
+    assert output and not Path(output.group(1)).exists()
+
+
+def test_quickstart_runs(tmp_path: Path) -> None:
+    result = run_example("quickstart.py", cwd=tmp_path)
+    assert "backends:" in result.stdout
+
+
+def test_custom_backend_script_saves_and_loads_on_the_workers(tmp_path: Path) -> None:
+    result = run_example("custom_backend.py", cwd=tmp_path)
+    assert "backend 'npygz' on 2 workers" in result.stdout
+    assert "frames/frame_007.npy.gz" in result.stdout
