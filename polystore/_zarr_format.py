@@ -15,11 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from polystore.backend import PathLike
+from polystore.errors import UnsupportedFormatError
+
 if TYPE_CHECKING:
     import zarr
 
 __all__ = [
     "COMPRESSORS",
+    "as_array",
+    "compressor_name",
     "create_zarr_array",
     "default_chunks",
     "find_unreadable_chunk",
@@ -32,7 +37,7 @@ __all__ = [
 #: The compressor names ``save`` and ``create_array`` accept (and ``None``).
 COMPRESSORS = ("zstd", "blosc-lz4", "gzip")
 
-#: What a default chunk aims to hold; chunks end between half and this.
+#: What a default chunk aims to hold; evening chunks out can leave a quarter of it.
 _TARGET_CHUNK_BYTES = 4 * 2**20
 
 
@@ -45,6 +50,25 @@ def import_zarr() -> ModuleType:
             "the zarr backend needs zarr>=3.1; install it with: pip install 'zarr>=3.1'"
         ) from error
     return zarr
+
+
+def as_array(data: Any, path: PathLike) -> np.ndarray:
+    """``data`` as a numpy array (not copied if it is one), or UnsupportedFormatError."""
+    if not isinstance(data, np.ndarray):
+        if isinstance(data, (str, bytes, bytearray, memoryview, dict, list, tuple)) or not (
+            isinstance(data, np.generic) or hasattr(data, "__array__")
+        ):
+            raise UnsupportedFormatError(
+                f"zarr backend stores numpy arrays only, not {type(data).__name__} "
+                f"(at {str(path)!r}); use the 'disk' or 'memory' backend for other data"
+            )
+        data = np.asarray(data)
+    if data.dtype.hasobject:
+        raise UnsupportedFormatError(
+            f"zarr backend cannot store an object array at {str(path)!r}; "
+            "convert it to a numeric or string dtype, or use the 'disk' backend"
+        )
+    return data
 
 
 def _compressors(compressor: str | None) -> Any:
@@ -65,14 +89,25 @@ def _compressors(compressor: str | None) -> Any:
     )
 
 
+def compressor_name(array: zarr.Array) -> str | None:
+    """The name :func:`create_zarr_array` takes for ``array``'s compressor (else the codec's class name)."""
+    if not array.compressors:
+        return None
+    codec = array.compressors[0]
+    name = type(codec).__name__
+    if name == "BloscCodec":
+        return f"blosc-{getattr(codec.cname, 'value', codec.cname)}"
+    return {"ZstdCodec": "zstd", "GzipCodec": "gzip"}.get(name, name)
+
+
 def default_chunks(shape: Sequence[int], dtype: Any) -> tuple[int, ...]:
-    """Return a chunk shape of about 4 MiB (at most that) for an array.
+    """Return a chunk shape of 1-4 MiB for an array (the whole array if smaller).
 
     Chunks grow square-ish over the last two dimensions first; an earlier
     dimension grows only once every later one is whole. An array smaller
     than the target is one chunk. Each chunk side is then evened out so the
     chunks along a dimension are close to equal (1000 rows in two chunks of
-    500, not 524 and 476).
+    500, not 524 and 476). Dimensions of length 0 get chunks of 1.
 
     Examples
     --------

@@ -25,6 +25,7 @@ from polystore.disk import TEMP_PREFIX
 
 __all__ = [
     "TEMP_PREFIX",
+    "directory_identity",
     "discard",
     "is_array_dir",
     "rename_exchange",
@@ -99,6 +100,15 @@ def discard(path: Path) -> None:
     trash = temp_sibling(path)
     os.rename(path, trash)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def directory_identity(path: Path) -> tuple[int, int, int] | None:
+    """What changes when the directory at ``path`` is swapped for another (None if missing)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_ctime_ns
 
 
 def is_array_dir(path: str | Path) -> bool:

@@ -1,0 +1,253 @@
+"""The zarr backend's view of a directory tree: arrays are files, the rest directories.
+
+:class:`ArrayTree` resolves paths, tells arrays from directories and puts
+finished array directories in place atomically; it knows nothing of zarr
+beyond the ``zarr.json`` that marks an array.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat as stat_module
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from polystore._paths import confine
+from polystore._zarr_fs import (
+    TEMP_PREFIX,
+    discard,
+    is_array_dir,
+    rename_exchange,
+    rename_noreplace,
+    temp_sibling,
+)
+from polystore.backend import PathLike
+from polystore.errors import InvalidPathError, UnsupportedFormatError
+
+__all__ = ["ARRAY", "DIRECTORY", "OTHER", "ArrayTree"]
+
+#: What :meth:`ArrayTree.kind` finds at a path: a zarr array, a directory
+#: (plain or a zarr group), or another file (one this backend did not write).
+ARRAY, DIRECTORY, OTHER = "array", "directory", "other"
+
+
+class ArrayTree:
+    """Paths of the zarr backend under an optional ``root`` (a realpath'd directory)."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root
+
+    def resolve(self, path: PathLike) -> Path:
+        """The absolute, confined path for ``path``; temporary names are refused."""
+        target = confine(path, self.root, "zarr")
+        if target.name.startswith(TEMP_PREFIX):
+            raise InvalidPathError(
+                f"zarr backend: names starting with {TEMP_PREFIX!r} are reserved for temporary directories: {str(path)!r}"
+            )
+        return target
+
+    def kind(self, target: Path) -> str | None:
+        """:data:`ARRAY`, :data:`DIRECTORY`, :data:`OTHER` or None if missing.
+
+        Paths inside an array (its chunk files) count as missing.
+        """
+        try:
+            mode = os.stat(target).st_mode
+        except (OSError, ValueError):
+            return None
+        if self.array_ancestor(target) is not None:
+            return None
+        if not stat_module.S_ISDIR(mode):
+            return OTHER
+        return ARRAY if is_array_dir(target) else DIRECTORY
+
+    def array_ancestor(self, target: Path) -> Path | None:
+        """The array directory ``target`` lies inside, if any."""
+        if target == self.root:
+            return None
+        for parent in target.parents:
+            if parent == self.root:
+                return None
+            if is_array_dir(parent):
+                return parent
+        return None
+
+    def entries(self, directory: Path) -> list[os.DirEntry[str]]:
+        """The entries of ``directory`` to show: no temporary directories, no group metadata."""
+        with os.scandir(directory) as found:
+            return [
+                entry
+                for entry in found
+                if not entry.name.startswith(TEMP_PREFIX) and not (entry.name == "zarr.json" and entry.is_file())
+            ]
+
+    def array_names(self, directory: Path, recursive: bool) -> list[str]:
+        """The names, relative to ``directory``, of the arrays in it (and below it if ``recursive``).
+
+        Symlinked directories are not walked into.
+        """
+        names: list[str] = []
+        pending = [(directory, "")]
+        while pending:
+            folder, prefix = pending.pop()
+            try:
+                entries = self.entries(folder)
+            except FileNotFoundError:
+                continue  # deleted while we were listing
+            for entry in entries:
+                if not entry.is_dir():
+                    continue
+                if is_array_dir(entry.path):
+                    names.append(prefix + entry.name)
+                elif recursive and not entry.is_symlink():
+                    pending.append((Path(entry.path), f"{prefix}{entry.name}/"))
+        return names
+
+    # -- errors ----------------------------------------------------------
+    @staticmethod
+    def missing(path: PathLike) -> FileNotFoundError:
+        return FileNotFoundError(errno.ENOENT, "zarr backend: no zarr array or directory at this path", str(path))
+
+    @staticmethod
+    def not_an_array(path: PathLike) -> UnsupportedFormatError:
+        return UnsupportedFormatError(
+            f"zarr backend: {str(path)!r} is a file, not a zarr array; use the 'disk' backend for other files"
+        )
+
+    def require_array(self, target: Path, path: PathLike, operation: str) -> None:
+        """Raise the error that says why ``target`` is not an array, if it is not."""
+        kind = self.kind(target)
+        if kind == ARRAY:
+            return
+        if kind is None:
+            raise self.missing(path)
+        if kind == DIRECTORY:
+            raise IsADirectoryError(
+                errno.EISDIR, f"zarr backend: cannot {operation} a directory (it has no readable zarr.json with node_type 'array')", str(path)
+            )
+        raise self.not_an_array(path)
+
+    def require_directory(self, target: Path, path: PathLike) -> None:
+        kind = self.kind(target)
+        if kind is None:
+            raise self.missing(path)
+        if kind != DIRECTORY:
+            raise NotADirectoryError(errno.ENOTDIR, "zarr backend: this path is not a directory", str(path))
+
+    @staticmethod
+    def raise_if_taken(kind: str | None, path: PathLike, overwrite: bool) -> None:
+        """Refuse to put an array where ``kind`` is, unless it is an array to overwrite."""
+        if kind == DIRECTORY:
+            raise IsADirectoryError(errno.EISDIR, "zarr backend: a directory exists at this path", str(path))
+        if kind == OTHER:
+            raise FileExistsError(
+                errno.EEXIST, "zarr backend: a file that is not a zarr array is at this path; remove it with the 'disk' backend", str(path)
+            )
+        if kind == ARRAY and not overwrite:
+            raise FileExistsError(errno.EEXIST, "zarr backend: an array exists at this path; pass overwrite=True to replace it", str(path))
+
+    # -- creating --------------------------------------------------------
+    def make_directories(self, directory: Path, path: PathLike) -> None:
+        """Create ``directory`` and its parents, refusing to do so inside an array."""
+        if is_array_dir(directory) or self.array_ancestor(directory) is not None:
+            raise NotADirectoryError(errno.ENOTDIR, "zarr backend: a parent of this path is a zarr array", str(path))
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise NotADirectoryError(errno.ENOTDIR, "zarr backend: a parent of this path is a file", str(path)) from None
+
+    def build(self, target: Path, path: PathLike, overwrite: bool, write: Callable[[Path], object]) -> None:
+        """Run ``write(temp)`` to fill a hidden sibling of ``target``, then put it in place.
+
+        What would be refused at the end is refused before ``write`` runs; on
+        any failure the temporary directory is removed.
+        """
+        self.raise_if_taken(self.kind(target), path, overwrite)
+        self.make_directories(target.parent, path)
+        temp = temp_sibling(target)
+        try:
+            write(temp)
+            self.install(temp, target, path, overwrite)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+
+    def install(self, temp: Path, target: Path, path: PathLike, overwrite: bool) -> None:
+        """Rename the finished array ``temp`` to ``target``: exclusive, or swapping with the old array."""
+        while True:
+            try:
+                rename_noreplace(temp, target)
+                return
+            except FileExistsError:
+                kind = self.kind(target)
+                if kind is None:
+                    if os.path.lexists(target):  # a dangling symlink
+                        raise
+                    continue  # removed meanwhile: try again
+                self.raise_if_taken(kind, path, overwrite)
+            if rename_exchange(temp, target):
+                shutil.rmtree(temp, ignore_errors=True)  # the old array, now at the temp name
+                return
+            # No atomic swap on this system: move the old array aside, then the new one in.
+            try:
+                discard(target)
+            except FileNotFoundError:
+                continue
+
+    def move(self, source: Path, target: Path, path: PathLike, overwrite: bool) -> None:
+        """Move the array ``source`` to ``target`` as one step (copy and delete across filesystems)."""
+        self.raise_if_taken(self.kind(target), path, overwrite)
+        self.make_directories(target.parent, path)
+        if not overwrite:
+            try:
+                rename_noreplace(source, target)
+                return
+            except FileExistsError:
+                self.raise_if_taken(self.kind(target), path, overwrite)
+                raise
+            except OSError as error:
+                if error.errno != errno.EXDEV:
+                    raise
+        # Take the source away first, so that the move is all or nothing.
+        temp = temp_sibling(target)
+        try:
+            os.rename(source, temp)
+            renamed = True
+        except OSError as error:
+            if error.errno != errno.EXDEV:
+                raise
+            shutil.copytree(source, temp, symlinks=True)
+            renamed = False
+        try:
+            self.install(temp, target, path, overwrite)
+        except BaseException:
+            if renamed:
+                os.rename(temp, source)
+            else:
+                shutil.rmtree(temp, ignore_errors=True)
+            raise
+        if not renamed:
+            discard(source)
+
+    def cleanup(self, top: Path, older_than: float) -> list[str]:
+        """Remove temporary directories under ``top`` last changed ``older_than`` seconds ago or earlier."""
+        deadline = time.time() - older_than
+        removed = []
+        for folder, subfolders, _ in os.walk(top):
+            keep = []
+            for name in subfolders:
+                candidate = os.path.join(folder, name)
+                if name.startswith(TEMP_PREFIX):
+                    try:
+                        if os.lstat(candidate).st_mtime <= deadline:
+                            shutil.rmtree(candidate)
+                            removed.append(candidate)
+                    except FileNotFoundError:
+                        pass  # its writer finished or failed meanwhile
+                elif not is_array_dir(candidate):
+                    keep.append(name)
+            subfolders[:] = keep
+        return sorted(removed)
