@@ -1,0 +1,151 @@
+"""Where memory paths live: the client-side table of owners and the questions put to all workers."""
+
+from __future__ import annotations
+
+import itertools
+import posixpath
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from distributed import Client, Future
+
+from polystore_dask.tasks import Owner, probe_kinds, worker_ids
+
+__all__ = ["MemoryOwners", "Workers", "run_everywhere"]
+
+
+class Workers:
+    """A snapshot of the cluster's workers: address -> (id, takes new tasks)."""
+
+    def __init__(self, client: Client) -> None:
+        self.members: dict[str, tuple[str, bool]] = client.run_on_scheduler(worker_ids)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def owners(self) -> list[Owner]:
+        """Every worker, sorted by address."""
+        return [Owner(address, self.members[address][0]) for address in sorted(self.members)]
+
+    def running(self) -> list[Owner]:
+        """The workers that take new tasks (all of them if none does), sorted by address."""
+        running = [owner for owner in self.owners() if self.members[owner.address][1]]
+        return running or self.owners()
+
+    def alive(self, owner: Owner | None) -> bool:
+        """Whether ``owner``'s process is still in the cluster."""
+        return owner is not None and self.members.get(owner.address, (None,))[0] == owner.worker_id
+
+    def at(self, address: str) -> Owner | None:
+        """The worker at ``address``, if it is in the cluster."""
+        member = self.members.get(address)
+        return None if member is None else Owner(address, member[0])
+
+
+class MemoryOwners:
+    """The worker that keeps each memory path saved or found through one manager.
+
+    A path keeps its owner until a delete (or the source side of a move)
+    succeeds, or until the owner leaves: tasks for it are pinned to the
+    owner, which they verify by worker id. Paths the table does not know are
+    looked for on every worker (:meth:`locate`).
+    """
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._owners: dict[str, Owner] = {}
+        self._lock = threading.Lock()
+        self._turn = itertools.count()
+
+    def get(self, key: str) -> Owner | None:
+        with self._lock:
+            return self._owners.get(key)
+
+    def set(self, key: str, owner: Owner) -> None:
+        with self._lock:
+            self._owners[key] = owner
+
+    def forget(self, key: str, owner: Owner | None, *, inside: bool = False) -> None:
+        """Drop ``key`` (and with ``inside`` every key under it) if still owned by ``owner``."""
+        with self._lock:
+            if owner is None or self._owners.get(key) == owner:
+                self._owners.pop(key, None)
+            if inside:
+                prefix = key + "/" if key else ""
+                for other in [other for other in self._owners if other.startswith(prefix)]:
+                    del self._owners[other]
+
+    def live(self, key: str, workers: Workers) -> Owner | None:
+        """The owner of ``key`` if its process is still in the cluster."""
+        owner = self.get(key)
+        return owner if workers.alive(owner) else None
+
+    def next_worker(self, workers: Workers) -> Owner:
+        """A worker in turn, for paths that have no owner yet."""
+        running = workers.running()
+        if not running:
+            raise RuntimeError("the cluster has no workers; start some before saving to the memory backend")
+        return running[next(self._turn) % len(running)]
+
+    def choose(self, key: str, workers: Workers, data: Any = None) -> Owner:
+        """The worker a new path goes to.
+
+        Where its data (a Future) already is; else the owner of the nearest
+        ancestor path the table knows (so saving below a file fails there as
+        it should); else the next worker in turn.
+        """
+        if isinstance(data, Future):
+            holder = self.holder(data, workers)
+            if holder is not None:
+                return holder
+        with self._lock:
+            for ancestor in _ancestors(key):
+                owner = self._owners.get(ancestor)
+                if workers.alive(owner):
+                    return owner
+        return self.next_worker(workers)
+
+    def holder(self, data: Future, workers: Workers) -> Owner | None:
+        """A worker holding the result of ``data`` (None while it is being computed)."""
+        for address in sorted(self.client.who_has([data]).get(data.key, ())):
+            owner = workers.at(address)
+            if owner is not None:
+                return owner
+        return None
+
+    def locate(self, keys: Sequence[str]) -> dict[str, tuple[Owner, str]]:
+        """Ask every worker: the worker keeping each key (a file, else a directory) and which."""
+        found: dict[str, tuple[Owner, str]] = {}
+        for address, (worker_id, kinds) in sorted(run_everywhere(self.client, probe_kinds, list(keys)).items()):
+            for key, kind in kinds.items():
+                if kind is not None and (key not in found or (kind == "file" and found[key][1] != "file")):
+                    found[key] = (Owner(address, worker_id), kind)
+        with self._lock:
+            for key, (owner, kind) in found.items():
+                if kind == "file":
+                    self._owners[key] = owner
+        return found
+
+
+def run_everywhere(client: Client, function: Callable[..., Any], *args: Any) -> dict[str, Any]:
+    """``client.run`` on every worker, skipping workers that cannot be reached.
+
+    Errors raised by ``function`` itself (such as a worker without the
+    plugin) are raised here.
+    """
+    results = client.run(function, *args, on_error="return")
+    reached = {}
+    for address, result in results.items():
+        if isinstance(result, BaseException):
+            if isinstance(result, OSError):
+                continue  # the worker left while we asked
+            raise result
+        reached[address] = result
+    return reached
+
+
+def _ancestors(key: str) -> Iterable[str]:
+    while key:
+        key = posixpath.dirname(key)
+        yield key

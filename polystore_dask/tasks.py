@@ -1,0 +1,273 @@
+"""What runs on the workers: backend calls whose outcome is returned, not raised.
+
+Each operation of :class:`~polystore_dask.DaskFileManager` is a task that
+calls one backend method and returns an :class:`Outcome`; a second small task
+(:func:`unwrap`) turns it into the value or exception the user's future
+holds. Later operations on the same path wait for the first task, and since
+it never fails, a failed operation does not fail the ones issued after it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from distributed import get_worker
+from distributed.worker import Worker
+
+from polystore.registry import BackendRegistry
+from polystore_dask.plugin import registry_of
+
+__all__ = [
+    "FILESYSTEM_BACKENDS",
+    "Outcome",
+    "Owner",
+    "call",
+    "check_owner",
+    "collect",
+    "delete_after",
+    "delete_here",
+    "join_batches",
+    "lost_error",
+    "origin_of",
+    "probe_kinds",
+    "probe_listing",
+    "probe_stat",
+    "resolve",
+    "save_loaded",
+    "settle",
+    "settle_deletes",
+    "unwrap",
+    "worker_ids",
+]
+
+#: Backends whose relative paths, without a configured ``root``, are taken
+#: relative to the client's working directory rather than the worker's.
+FILESYSTEM_BACKENDS = frozenset({"disk", "zarr"})
+
+
+class Owner(NamedTuple):
+    """The worker process that keeps a path of the per-worker ``memory`` backend."""
+
+    address: str
+    worker_id: str
+
+    def __str__(self) -> str:
+        return f"{self.address} (id {self.worker_id})"
+
+
+class Outcome(NamedTuple):
+    """What a task did: the value it produced, or the exception it raised."""
+
+    value: Any = None
+    error: BaseException | None = None
+
+    def result(self) -> Any:
+        """Return the value, or raise the exception."""
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def unwrap(outcome: Outcome) -> Any:
+    """The task behind a user's future: the value of ``outcome``, or its exception raised."""
+    return outcome.result()
+
+
+def origin_of(backend: str) -> str | None:
+    """On the client: the directory relative paths of ``backend`` are taken from (see :func:`resolve`)."""
+    return os.getcwd() if backend in FILESYSTEM_BACKENDS else None
+
+
+def resolve(path: Any, backend: str, registry: BackendRegistry, origin: str | None) -> Any:
+    """Take a relative disk or zarr path relative to ``origin`` (the client's directory).
+
+    Only when the backend has no ``root`` on this worker: with a root, relative
+    paths belong to it. Anything else is returned unchanged for the backend
+    to judge.
+    """
+    if origin is None or backend not in FILESYSTEM_BACKENDS or not isinstance(path, (str, os.PathLike)):
+        return path
+    text = os.fspath(path)
+    if not isinstance(text, str) or not text or os.path.isabs(text):
+        return path
+    if registry.options.get(backend, {}).get("root") is not None:
+        return path
+    return os.path.join(origin, text)
+
+
+def check_owner(owner: Owner, worker: Worker, paths: Sequence[Any]) -> None:
+    """Raise ``FileNotFoundError`` unless this task runs in the process that keeps ``paths``.
+
+    Tasks for a memory path are pinned to its owner's address with
+    ``allow_other_workers=True``: the scheduler runs them elsewhere only when
+    that worker has gone, and a restarted worker has a new id.
+    """
+    if worker.id != owner.worker_id:
+        raise lost_error(paths[0], owner, len(paths) - 1)
+
+
+def lost_error(path: Any, owner: Owner, more: int = 0) -> FileNotFoundError:
+    """The error for a memory path whose owner has left the cluster or restarted."""
+    also = f" (and {more} more paths of this batch)" if more else ""
+    return FileNotFoundError(
+        errno.ENOENT,
+        f"memory backend: this path{also} was kept in the memory of worker {owner}, which has "
+        "left or restarted since; what it kept is lost, save it again",
+        str(path),
+    )
+
+
+def call(
+    backend: str,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    path_args: tuple[int, ...] = (),
+    origin: str | None = None,
+    owner: Owner | None = None,
+    after: Sequence[Any] = (),
+) -> Outcome:
+    """Call ``registry[backend].method(*args, **kwargs)`` on this worker.
+
+    Parameters
+    ----------
+    path_args
+        Positions in ``args`` holding a path or a list of paths, resolved
+        against ``origin`` (see :func:`resolve`).
+    owner
+        For memory paths: the worker that must run this call.
+    after
+        Outcomes of earlier operations this one waited for; unused.
+    """
+    try:
+        worker = get_worker()
+        if owner is not None:
+            check_owner(owner, worker, _paths_in(args, path_args))
+        registry = registry_of(worker)
+        target = registry[backend]
+        resolved = list(args)
+        for index in path_args:
+            value = args[index]
+            if isinstance(value, list):
+                resolved[index] = [resolve(path, backend, registry, origin) for path in value]
+            else:
+                resolved[index] = resolve(value, backend, registry, origin)
+        value = getattr(target, method)(*resolved, **kwargs)
+        if method == "list_files" and resolved[0] is not args[0]:
+            value = _relative_to(value, os.fspath(resolved[0]), os.fspath(args[0]))
+        return Outcome(value)
+    except Exception as error:
+        return Outcome(error=error)
+
+
+def _paths_in(args: tuple[Any, ...], path_args: tuple[int, ...]) -> list[Any]:
+    paths: list[Any] = []
+    for index in path_args:
+        value = args[index]
+        paths.extend(value if isinstance(value, list) else [value])
+    return paths
+
+
+def _relative_to(listed: list[str], resolved: str, given: str) -> list[str]:
+    """Rewrite paths listed under ``resolved`` as paths under the directory the user gave."""
+    prefix = posixpath.join(resolved, "")
+    return [posixpath.join(given, path[len(prefix):]) if path.startswith(prefix) else path for path in listed]
+
+
+def settle(outcomes: Sequence[Outcome]) -> None:
+    """Raise the first error among ``outcomes`` (in order), else return None."""
+    for outcome in outcomes:
+        outcome.result()
+
+
+def join_batches(outcomes: Sequence[Outcome], positions: Sequence[Sequence[int]], count: int) -> list[Any]:
+    """Put the values of batch chunks back in input order, or raise the first chunk's error."""
+    values: list[Any] = [None] * count
+    for outcome, where in zip(outcomes, positions):
+        chunk = outcome.result()
+        if chunk is not None:
+            for index, value in zip(where, chunk):
+                values[index] = value
+    return values
+
+
+# -- memory: one task or call per worker ------------------------------------
+def save_loaded(loaded: Outcome, path: str, overwrite: bool, owner: Owner) -> Outcome:
+    """Save what another worker loaded (a memory copy between owners), unless that failed."""
+    if loaded.error is not None:
+        return loaded
+    return call("memory", "save", (loaded.value, path), {"overwrite": overwrite}, path_args=(1,), owner=owner)
+
+
+def delete_after(saved: Outcome, path: str, owner: Owner) -> Outcome:
+    """Delete the source of a memory move between owners once its copy is saved."""
+    if saved.error is not None:
+        return saved
+    return call("memory", "delete", (path,), {}, path_args=(0,), owner=owner)
+
+
+def collect(outcomes: Sequence[Outcome]) -> list[Outcome]:
+    """One task standing for several: later operations wait for it alone."""
+    return list(outcomes)
+
+
+def delete_here(path: str, recursive: bool, worker_id: str, after: Sequence[Any] = ()) -> Outcome:
+    """Delete ``path`` from this worker's memory: ``"deleted"``, ``"missing"`` or ``"gone"``.
+
+    ``"gone"``: the task did not run on the worker it was meant for, which
+    has left, and with it whatever it kept.
+    """
+    try:
+        worker = get_worker()
+        if worker.id != worker_id:
+            return Outcome("gone")
+        try:
+            registry_of(worker)["memory"].delete(path, recursive=recursive)
+        except FileNotFoundError:
+            return Outcome("missing")
+        return Outcome("deleted")
+    except Exception as error:
+        return Outcome(error=error)
+
+
+def settle_deletes(outcomes: Sequence[Outcome], path: str) -> None:
+    """Raise the first error of a delete run on every worker, or ``FileNotFoundError`` if none had ``path``."""
+    results = [outcome.result() for outcome in outcomes]
+    if "deleted" not in results:
+        raise FileNotFoundError(errno.ENOENT, "memory backend: no worker keeps anything at this path", path)
+
+
+def probe_kinds(keys: Sequence[str], *, dask_worker: Worker) -> tuple[str, dict[str, str | None]]:
+    """For ``client.run``: this worker's id and, per key, ``"file"``, ``"dir"`` or None."""
+    backend = registry_of(dask_worker)["memory"]
+    kinds = {key: "file" if backend.is_file(key) else "dir" if backend.is_dir(key) else None for key in keys}
+    return dask_worker.id, kinds
+
+
+def probe_stat(path: str, *, dask_worker: Worker) -> tuple[str, dict[str, Any] | None]:
+    """For ``client.run``: this worker's id and its stat of ``path`` (None if missing)."""
+    backend = registry_of(dask_worker)["memory"]
+    try:
+        return dask_worker.id, backend.stat(path)
+    except FileNotFoundError:
+        return dask_worker.id, None
+
+
+def probe_listing(method: str, path: str, kwargs: dict[str, Any], *, dask_worker: Worker) -> tuple[str, Outcome]:
+    """For ``client.run``: this worker's id and the outcome of listing ``path``."""
+    backend = registry_of(dask_worker)["memory"]
+    try:
+        return dask_worker.id, Outcome(getattr(backend, method)(path, **kwargs))
+    except (FileNotFoundError, NotADirectoryError) as error:
+        return dask_worker.id, Outcome(error=error)
+
+
+def worker_ids(dask_scheduler: Any) -> dict[str, tuple[str, bool]]:
+    """For ``client.run_on_scheduler``: each worker's id and whether it takes new tasks."""
+    running = dask_scheduler.running
+    return {address: (state.server_id, state in running) for address, state in dask_scheduler.workers.items()}
