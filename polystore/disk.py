@@ -80,6 +80,15 @@ class DiskBackend(StorageBackend):
         old file or the new one. Off by default: a crashed *process* never
         tears a file either way, and fsync costs time on real disks.
 
+    Notes
+    -----
+    Names starting with ``.polystore-tmp-`` are reserved (refused as paths).
+    Saving without ``overwrite`` needs a filesystem with hard links (local
+    filesystems, NFS, Lustre, GPFS have them). A saved file gets the default
+    permissions (umask), also when it replaces one. Confinement is checked
+    when a call starts; it does not defend against another process swapping
+    directories for symlinks while the call runs.
+
     Examples
     --------
     >>> import numpy as np, tempfile

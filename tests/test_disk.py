@@ -389,6 +389,13 @@ def test_a_failed_write_removes_its_temporary_file(disk: DiskBackend, root: Path
     assert all_files(root) == []
 
 
+def test_an_exclusive_save_onto_a_directory_raises_is_a_directory(disk: DiskBackend, root: Path) -> None:
+    disk.ensure_directory("taken.npy")
+    with pytest.raises(IsADirectoryError):
+        disk.save(np.arange(3), "taken.npy")
+    assert all_files(root) == []
+
+
 def test_listings_never_show_temporary_files(disk: DiskBackend, root: Path) -> None:
     disk.save(np.arange(3), "dir/a.npy")
     (root / "dir" / f"{TEMP_PREFIX}0123-a.npy").write_bytes(b"half")
