@@ -5,20 +5,24 @@ than ``os.replace``: ``os.rename`` of a directory fails onto a non-empty
 directory but silently succeeds onto an empty one. Linux ``renameat2`` does
 both steps the backend needs in one system call: ``RENAME_NOREPLACE`` (fail
 if anything is at the target) and ``RENAME_EXCHANGE`` (swap two paths).
-Where it is missing (other systems, some filesystems) the fallbacks below are
-used; each documents the short window it leaves.
+Where it is missing (other systems, some filesystems) a lock directory beside
+the target (made with the exclusive ``mkdir``) makes polystore's own writers
+take turns; an overwrite then leaves the target missing for the moment
+between two renames.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
 import os
 import shutil
 import sys
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from polystore.disk import TEMP_PREFIX
@@ -28,8 +32,8 @@ __all__ = [
     "directory_identity",
     "discard",
     "is_array_dir",
-    "rename_exchange",
     "rename_noreplace",
+    "swap_in",
     "temp_sibling",
     "tree_size",
 ]
@@ -39,6 +43,8 @@ _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 # errno values meaning "this kernel or filesystem cannot do that flag".
 _UNSUPPORTED = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP}
+#: Seconds to wait for another writer's lock (the fallback) before giving up.
+_LOCK_TIMEOUT = 30.0
 
 
 def _load_renameat2() -> Callable[..., int] | None:
@@ -68,26 +74,52 @@ def _try_renameat2(src: Path, dst: Path, flags: int) -> bool:
     raise OSError(code, os.strerror(code), str(src), None, str(dst))
 
 
-def rename_noreplace(src: Path, dst: Path) -> None:
-    """Rename ``src`` to ``dst``, raising :class:`FileExistsError` if anything is at ``dst``.
+@contextlib.contextmanager
+def _renaming_lock(target: Path) -> Iterator[None]:
+    """Hold the lock directory beside ``target`` (the fallback without ``renameat2``)."""
+    lock = target.with_name(f"{TEMP_PREFIX}{target.name[:100]}.lock")
+    deadline = time.monotonic() + _LOCK_TIMEOUT
+    while True:
+        try:
+            os.mkdir(lock)
+            break
+        except FileExistsError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    errno.ETIMEDOUT,
+                    f"zarr backend: lock held for over {_LOCK_TIMEOUT:.0f} s; if no writer is running, "
+                    "a killed one left it: remove it with ZarrBackend.cleanup()",
+                    str(lock),
+                ) from None
+            time.sleep(0.001)
+    try:
+        yield
+    finally:
+        os.rmdir(lock)
 
-    Without ``renameat2`` an empty directory is made at ``dst`` first as a lock
-    (``mkdir`` is exclusive) and ``src`` renamed onto it; between the two
-    steps ``dst`` shows as an empty directory.
-    """
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``, raising :class:`FileExistsError` if anything is at ``dst``."""
     if _try_renameat2(src, dst, _RENAME_NOREPLACE):
         return
-    os.mkdir(dst)
-    try:
+    with _renaming_lock(dst):
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
         os.rename(src, dst)
-    except BaseException:
-        os.rmdir(dst)
-        raise
 
 
-def rename_exchange(first: Path, second: Path) -> bool:
-    """Swap ``first`` and ``second`` atomically; False if the system cannot."""
-    return _try_renameat2(first, second, _RENAME_EXCHANGE)
+def swap_in(new: Path, target: Path) -> Path:
+    """Put the directory ``new`` at the existing ``target``; return where the old one now is.
+
+    Raises :class:`FileNotFoundError` if ``target`` is missing.
+    """
+    if _try_renameat2(new, target, _RENAME_EXCHANGE):
+        return new
+    with _renaming_lock(target):
+        aside = temp_sibling(target)
+        os.rename(target, aside)
+        os.rename(new, target)
+    return aside
 
 
 def temp_sibling(path: Path) -> Path:

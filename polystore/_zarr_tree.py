@@ -20,8 +20,8 @@ from polystore._zarr_fs import (
     TEMP_PREFIX,
     discard,
     is_array_dir,
-    rename_exchange,
     rename_noreplace,
+    swap_in,
     temp_sibling,
 )
 from polystore.backend import PathLike
@@ -176,7 +176,7 @@ class ArrayTree:
             raise
 
     def install(self, temp: Path, target: Path, path: PathLike, overwrite: bool) -> None:
-        """Rename the finished array ``temp`` to ``target``: exclusive, or swapping with the old array."""
+        """Rename the finished array ``temp`` to ``target``: exclusive, or swapping out the old array."""
         while True:
             try:
                 rename_noreplace(temp, target)
@@ -188,14 +188,12 @@ class ArrayTree:
                         raise
                     continue  # removed meanwhile: try again
                 self.raise_if_taken(kind, path, overwrite)
-            if rename_exchange(temp, target):
-                shutil.rmtree(temp, ignore_errors=True)  # the old array, now at the temp name
-                return
-            # No atomic swap on this system: move the old array aside, then the new one in.
             try:
-                discard(target)
+                old = swap_in(temp, target)
             except FileNotFoundError:
-                continue
+                continue  # removed meanwhile: try again
+            shutil.rmtree(old, ignore_errors=True)
+            return
 
     def move(self, source: Path, target: Path, path: PathLike, overwrite: bool) -> None:
         """Move the array ``source`` to ``target`` as one step (copy and delete across filesystems)."""

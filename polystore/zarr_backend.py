@@ -56,8 +56,9 @@ class ZarrBackend(StorageBackend):
     with the old one atomically (``RENAME_EXCHANGE``) and the old one then
     deleted; a load that overlapped the swap starts again, so it returns the
     old array or the new one, never a mix. Where ``renameat2`` is missing, a
-    ``mkdir`` lock and two renames stand in, leaving a short window in which
-    the path shows as an empty directory or is missing.
+    lock directory beside the target (``mkdir`` is exclusive) makes
+    polystore's writers take turns, and an overwrite leaves the path missing
+    for the moment between two renames.
 
     A killed writer can leave a temporary directory behind; listings hide it
     and :meth:`cleanup` removes it.
