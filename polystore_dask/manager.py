@@ -148,8 +148,9 @@ class DaskFileManager:
         else:
             owners = [workers.at(holders.get(index, "")) for index in range(len(keys))]
         groups = _batches(owners, _per_task(len(keys), workers), [_nbytes(data) for data in data_list])
+        token = uuid.uuid4().hex
         chunks = []
-        for owner, positions in groups:
+        for part, (owner, positions) in enumerate(groups):
             if owner is None and backend == MEMORY:
                 owner = self._owners.next_worker(workers)
             pin = None if owner is None else [owner.address]
@@ -159,13 +160,13 @@ class DaskFileManager:
             items = self._ship([data_list[index] for index in positions], pin)
             chunks.append(
                 self._start(
-                    "save_batch", call, backend, "save_batch",
+                    f"polystore-save_batch-run-{token}-{part}", call, backend, "save_batch",
                     (items, [paths[index] for index in positions]), {"overwrite": overwrite, **kwargs},
                     path_args=(1,), origin=origin_of(backend), owner=owner if backend == MEMORY else None,
                     writes=[keys[index] for index in positions], pin=pin,
                 )
             )
-        return self._finish("save_batch", settle, chunks)
+        return self._submit(f"polystore-save_batch-{token}", settle, chunks)
 
     def ensure_directory(self, path: PathLike, backend: str) -> Future:
         """Create the directory ``path`` and its parents (idempotent)."""
@@ -297,17 +298,18 @@ class DaskFileManager:
         else:
             owners = [None] * len(keys)
         groups = _batches(owners, _per_task(len(keys), workers), [0] * len(keys))
+        token = uuid.uuid4().hex
         chunks, positions = [], []
-        for owner, where in groups:
+        for part, (owner, where) in enumerate(groups):
             chunks.append(
                 self._start(
-                    "load_batch", call, backend, "load_batch", ([paths[index] for index in where],), kwargs,
+                    f"polystore-load_batch-run-{token}-{part}", call, backend, "load_batch", ([paths[index] for index in where],), kwargs,
                     path_args=(0,), origin=origin_of(backend), owner=owner,
                     reads=[keys[index] for index in where], pin=None if owner is None else [owner.address],
                 )
             )
             positions.append(where)
-        return self._finish("load_batch", join_batches, chunks, positions, len(keys))
+        return self._submit(f"polystore-load_batch-{token}", join_batches, chunks, positions, len(keys))
 
     def exists(self, path: PathLike, backend: str) -> bool:
         """Whether anything exists at ``path`` (on any worker, for ``memory``)."""
@@ -440,7 +442,7 @@ class DaskFileManager:
 
     def _start(
         self,
-        operation: str,
+        key: str,
         function: Callable[..., Any],
         *args: Any,
         writes: Sequence[PathKey] = (),
@@ -451,20 +453,16 @@ class DaskFileManager:
         """Submit the task of one operation (or batch chunk), after the unfinished ones it must follow."""
         after = {future.key: future for future in self._chains.waits(writes, write=True)}
         after.update((future.key, future) for future in self._chains.waits(reads, write=False))
-        outcome = self._submit(
-            f"polystore-{operation}-run-{uuid.uuid4().hex}", function, *args, after=list(after.values()), pin=pin, **kwargs
-        )
+        outcome = self._submit(key, function, *args, after=list(after.values()), pin=pin, **kwargs)
         self._chains.add(writes, outcome, write=True)
         self._chains.add(reads, outcome, write=False)
         return outcome
 
-    def _finish(self, operation: str, function: Callable[..., Any], *args: Any, pin: list[str] | None = None) -> Future:
-        """Submit the task whose result (or error) the user's future holds."""
-        return self._submit(f"polystore-{operation}-{uuid.uuid4().hex}", function, *args, pin=pin)
-
     def _run(self, operation: str, function: Callable[..., Any], *args: Any, pin: list[str] | None = None, **kwargs: Any) -> Future:
-        outcome = self._start(operation, function, *args, pin=pin, **kwargs)
-        return self._finish(operation, unwrap, outcome, pin=pin)
+        """Submit an operation's task and the task whose result (or error) the user's future holds."""
+        token = uuid.uuid4().hex
+        outcome = self._start(f"polystore-{operation}-run-{token}", function, *args, pin=pin, **kwargs)
+        return self._submit(f"polystore-{operation}-{token}", unwrap, outcome, pin=pin)
 
     def _ask(self, operation: str, backend: str, path: PathLike, options: dict[str, Any] | None = None) -> Any:
         """Run a query on some worker after the unfinished operations it must follow; return its answer."""

@@ -197,7 +197,7 @@ def join_batches(outcomes: Sequence[Outcome], positions: Sequence[Sequence[int]]
 
 
 # -- memory: one task or call per worker ------------------------------------
-def save_loaded(loaded: Outcome, path: str, overwrite: bool, owner: Owner) -> Outcome:
+def save_loaded(loaded: Outcome, path: str, overwrite: bool, owner: Owner, after: Sequence[Any] = ()) -> Outcome:
     """Save what another worker loaded (a memory copy between owners), unless that failed."""
     if loaded.error is not None:
         return loaded
