@@ -257,6 +257,11 @@ class GzipNpyBackend(StorageBackend):
         return {"type": "file", "size": info.st_size, "mtime": info.st_mtime}
 
 
+def mean_frame(frames: list[np.ndarray]) -> np.ndarray:
+    """The mean of ``frames``, pixel by pixel."""
+    return np.mean(frames, axis=0, dtype=np.float32)
+
+
 def main() -> None:
     """Save and load through the custom backend on the workers of a local cluster."""
     from distributed import Client, LocalCluster
@@ -275,17 +280,19 @@ def main() -> None:
         frames = [np.clip(rng.normal(100, 10, (256, 256)), 0, None).astype(np.uint16) for _ in range(8)]
         paths = [f"frames/frame_{index:03d}.npy.gz" for index in range(len(frames))]
         dfm.save_batch(frames, paths, "npygz").result()
-        loaded = dfm.load_batch(paths, "npygz").result()
-        assert all(np.array_equal(a, b) for a, b in zip(loaded, frames))
+        assert all(np.array_equal(a, b) for a, b in zip(dfm.load_batch(paths, "npygz").result(), frames))
 
-        average = dfm.load("frames/frame_000.npy.gz", "npygz")
-        dfm.save(average, "summary/first.npy.gz", "npygz").result()  # a Future as data: stays on the workers
+        # Futures as inputs: the frames are loaded, averaged and saved on the
+        # workers; only the final check brings data back to the client.
+        mean = client.submit(mean_frame, dfm.load_batch(paths, "npygz"))
+        dfm.save(mean, "summary/mean.npy.gz", "npygz").result()
+        assert np.allclose(dfm.load("summary/mean.npy.gz", "npygz").result(), mean_frame(frames))
 
+        print(f"backend 'npygz' on {len(client.scheduler_info()['workers'])} workers, root {scratch}")
+        for path in [*dfm.list_files("frames", "npygz", extensions={".npy.gz"}), *dfm.list_files("summary", "npygz")]:
+            print(f"  {path:<26} {dfm.stat(path, 'npygz')['size']:>8} bytes")
         raw = sum(frame.nbytes for frame in frames)
         stored = sum(dfm.stat(path, "npygz")["size"] for path in paths)
-        print(f"backend 'npygz' on {len(client.scheduler_info()['workers'])} workers, root {scratch}")
-        for path in dfm.list_files(".", "npygz", extensions={".npy.gz"}, recursive=True):
-            print(f"  {path:<28} {dfm.stat(path, 'npygz')['size']:>8} bytes")
         print(f"{len(frames)} frames: {raw} bytes as arrays, {stored} bytes on disk ({raw / stored:.1f}x smaller)")
 
 
