@@ -10,8 +10,8 @@ lit, noisy background; uint16) is generated on the workers, then:
    statistics and small per-frame thumbnails;
 4. written to disk as ``.npy`` and ``.json`` files.
 
-No frame passes through the client. A progress bar follows each step and a
-table of sizes, times and throughputs ends the run.
+No full-size frame passes through the client. A progress bar follows each
+step, and a table of sizes, times and throughputs ends the run.
 
 ``make demo`` runs it with the defaults (64 frames of 1536 x 1536, 288 MiB)
 on a LocalCluster of 2 worker processes, in a temporary directory that is
@@ -228,10 +228,11 @@ def run_pipeline(client: Any, output: str, frames: int, size: int, seed: int = 2
     # 3. Reduce from worker memory. The projection stays on the workers (a
     #    Future); the statistics and thumbnails are small enough to gather.
     kept = dfm.load_array("scratch/cleaned", "memory")
+    thumb = size // THUMBNAIL_BIN
     reductions = [
         kept.max(axis=0),
         kept.map_blocks(frame_statistics, chunks=(kept.chunks[0], (4,)), drop_axis=2, dtype=np.float64),
-        kept.map_blocks(thumbnails, chunks=(kept.chunks[0], (size // THUMBNAIL_BIN,), (size // THUMBNAIL_BIN,)), dtype=np.float32),
+        kept.map_blocks(thumbnails, chunks=(kept.chunks[0], (thumb,), (thumb,)), dtype=np.float32),
     ]
 
     def reduce_from_memory() -> tuple[Any, np.ndarray, np.ndarray]:
@@ -274,8 +275,9 @@ def run_pipeline(client: Any, output: str, frames: int, size: int, seed: int = 2
     ]:
         print(f"  {backend:<6} {path:<34} {human_size(dfm.stat(path, backend)['size']):>10}")
     listed = dfm.list_files("results/thumbnails", "disk", extensions={".npy"})
-    print(f"  disk   results/thumbnails/ {len(listed)} files: {posixpath.basename(listed[0])} ... {posixpath.basename(listed[-1])}")
-    print(f"  memory scratch/ holds {dfm.list_dir('scratch', 'memory')}, {kept.numblocks[0]} blocks in the memory of the workers that made them")
+    first, last = posixpath.basename(listed[0]), posixpath.basename(listed[-1])
+    print(f"  disk   results/thumbnails/ {len(listed)} files: {first} ... {last}")
+    print(f"  memory scratch/ holds {dfm.list_dir('scratch', 'memory')}: {kept.numblocks[0]} blocks, each on the worker that made it")
     bleaching = statistics[-1, 0] / statistics[0, 0] if statistics[0, 0] else float("nan")
     print(f"mean signal, last frame / first frame: {bleaching:.2f} (photobleaching)")
     dfm.delete("scratch", "memory", recursive=True).result()
@@ -300,7 +302,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(a shared filesystem). Any polystore plugin already registered there is replaced. "
         "Default: start a LocalCluster",
     )
-    parser.add_argument("--workers", type=int, default=2, help="worker processes of the LocalCluster, one thread each (default: 2; ignored with --scheduler)")
+    parser.add_argument(
+        "--workers", type=int, default=2,
+        help="worker processes of the LocalCluster, one thread each (default: 2; ignored with --scheduler)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary output directory and print where it is")
     args = parser.parse_args(argv)
     if args.frames < 1 or args.size < THUMBNAIL_BIN or args.workers < 1:
@@ -308,8 +313,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def has_polystore_plugin(dask_scheduler: Any) -> bool:
+    """Run on the scheduler: whether a polystore plugin is registered for its workers."""
+    return "polystore" in dask_scheduler.worker_plugins
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # Imported after parsing, so that --help and argument errors answer at once.
     from distributed import Client, LocalCluster
 
     from polystore_dask import PolystorePlugin
@@ -330,13 +341,14 @@ def main(argv: list[str] | None = None) -> None:
             )
             client = Client(cluster)
         with client:
-            if args.scheduler and client.run_on_scheduler(lambda dask_scheduler: "polystore" in dask_scheduler.worker_plugins):
+            if args.scheduler and client.run_on_scheduler(has_polystore_plugin):
                 print("replacing the polystore plugin already registered on this cluster with this run's options")
                 client.unregister_worker_plugin("polystore")
             # Every worker builds its own registry; disk and zarr paths resolve under output.
             client.register_plugin(PolystorePlugin(options={"disk": {"root": output}, "zarr": {"root": output}}))
             workers = client.scheduler_info()["workers"]
-            print(f"cluster: {len(workers)} workers, {sum(w['nthreads'] for w in workers.values())} threads, scheduler {client.scheduler.address}")
+            threads = sum(worker["nthreads"] for worker in workers.values())
+            print(f"cluster: {len(workers)} workers, {threads} threads, scheduler {client.scheduler.address}")
             steps = run_pipeline(client, output, args.frames, args.size)
     finally:
         if cluster is not None:

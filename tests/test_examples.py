@@ -73,7 +73,10 @@ def test_pipeline_on_an_existing_scheduler_removes_its_temporary_output(tmp_path
 
     from polystore_dask import PolystorePlugin
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+    quiet_http = {"dashboard_address": "127.0.0.1:0"}  # no "port 8787 in use" warning when another cluster runs
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, scheduler_kwargs=quiet_http
+    ) as cluster, Client(cluster) as client:
         client.register_plugin(PolystorePlugin())  # replaced by the pipeline's own options
         result = run_example("pipeline.py", "--frames", "2", "--size", "64", "--scheduler", cluster.scheduler_address, cwd=tmp_path)
         assert "cluster: 1 workers" in result.stdout
