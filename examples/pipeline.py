@@ -268,12 +268,9 @@ def run_pipeline(client: Any, output: str, frames: int, size: int, seed: int = 2
     assert saved.shape == (size, size) and saved.dtype == np.float32
     print()
     print("written:")
-    for path, backend in [
-        ("raw/timelapse.zarr", "zarr"),
-        ("results/max_projection.npy", "disk"),
-        ("results/frame_stats.json", "disk"),
-    ]:
-        print(f"  {backend:<6} {path:<34} {human_size(dfm.stat(path, backend)['size']):>10}")
+    for directory, backend in [("raw", "zarr"), ("results", "disk")]:
+        for path in dfm.list_files(directory, backend):
+            print(f"  {backend:<6} {path:<34} {human_size(dfm.stat(path, backend)['size']):>10}")
     listed = dfm.list_files("results/thumbnails", "disk", extensions={".npy"})
     first, last = posixpath.basename(listed[0]), posixpath.basename(listed[-1])
     print(f"  disk   results/thumbnails/ {len(listed)} files: {first} ... {last}")
