@@ -151,11 +151,11 @@ def _chunks_inside_shards(shards: Sequence[int], dtype: Any) -> tuple[int, ...]:
 
 def create_zarr_array(
     path: Path,
-    shape: Sequence[int],
+    shape: int | Sequence[int],
     dtype: Any,
     *,
-    chunks: Sequence[int] | None,
-    shards: Sequence[int] | None,
+    chunks: int | Sequence[int] | None,
+    shards: int | Sequence[int] | None,
     compressor: str | None,
     fill_value: Any,
     attributes: dict[str, Any] | None,
@@ -165,20 +165,28 @@ def create_zarr_array(
     from zarr.storage import LocalStore
 
     compressors = _compressors(compressor)
-    if chunks is None:
+    shape = _as_shape(shape)
+    shards = None if shards is None else _as_shape(shards)
+    if chunks is not None:
+        chunks = _as_shape(chunks)
+    else:
         chunks = default_chunks(shape, dtype) if shards is None else _chunks_inside_shards(shards, dtype)
     options: dict[str, Any] = {} if fill_value is None else {"fill_value": fill_value}
     return zarr.create_array(
         store=LocalStore(path),
-        shape=tuple(shape),
+        shape=shape,
         dtype=dtype,
-        chunks=tuple(chunks),
-        shards=None if shards is None else tuple(shards),
+        chunks=chunks,
+        shards=shards,
         compressors=compressors,
         attributes=attributes,
         zarr_format=3,
         **options,
     )
+
+
+def _as_shape(value: int | Sequence[int]) -> tuple[int, ...]:
+    return (int(value),) if isinstance(value, (int, np.integer)) else tuple(int(size) for size in value)
 
 
 def settle_pending_writes() -> None:
