@@ -25,6 +25,7 @@ __all__ = [
     "COMPRESSORS",
     "as_array",
     "compressor_name",
+    "compressors_for",
     "create_zarr_array",
     "default_chunks",
     "find_unreadable_chunk",
@@ -71,7 +72,8 @@ def as_array(data: Any, path: PathLike) -> np.ndarray:
     return data
 
 
-def _compressors(compressor: str | None) -> Any:
+def compressors_for(compressor: str | None) -> Any:
+    """The zarr codec for a compressor name ``save`` takes; ValueError for an unknown one."""
     import_zarr()
     from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
@@ -156,15 +158,17 @@ def create_zarr_array(
     *,
     chunks: int | Sequence[int] | None,
     shards: int | Sequence[int] | None,
-    compressor: str | None,
+    compressors: Any,
     fill_value: Any,
     attributes: dict[str, Any] | None,
 ) -> zarr.Array:
-    """Create a zarr v3 array in a local directory that must not exist yet."""
+    """Create a zarr v3 array in a local directory that must not exist yet.
+
+    ``compressors`` is what :func:`compressors_for` returned.
+    """
     zarr = import_zarr()
     from zarr.storage import LocalStore
 
-    compressors = _compressors(compressor)
     shape = _as_shape(shape)
     shards = None if shards is None else _as_shape(shards)
     if chunks is not None:
@@ -195,7 +199,8 @@ def settle_pending_writes() -> None:
     zarr gathers a write's chunk tasks without cancelling the rest when one
     fails, so they keep writing in zarr's event loop after the error reaches
     us. Cleaning up the temporary directory before they end would let them
-    recreate it.
+    recreate it. This also waits for other threads' zarr work then running
+    (at most a minute): an error path, rarely taken.
     """
     import_zarr()
     from zarr.core.sync import sync

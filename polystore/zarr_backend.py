@@ -18,6 +18,7 @@ from polystore._paths import filter_names
 from polystore._zarr_format import (
     as_array,
     compressor_name,
+    compressors_for,
     create_zarr_array,
     default_chunks,
     find_unreadable_chunk,
@@ -173,10 +174,12 @@ class ZarrBackend(StorageBackend):
             write_region(self._open(target, path, mode="r+"), array, region, str(path))
             return
 
+        codecs = compressors_for(compressor)
+
         def write(temp: Path) -> None:
             created = create_zarr_array(
                 temp, array.shape, array.dtype, chunks=chunks, shards=shards,
-                compressor=compressor, fill_value=None, attributes=attributes,
+                compressors=codecs, fill_value=None, attributes=attributes,
             )
             if array.size:
                 try:
@@ -220,13 +223,14 @@ class ZarrBackend(StorageBackend):
             Something is at ``path`` and ``overwrite`` is false.
         """
         target = self._tree.resolve(path)
+        codecs = compressors_for(compressor)
         self._tree.build(
             target,
             path,
             overwrite,
             lambda temp: create_zarr_array(
                 temp, shape, dtype, chunks=chunks, shards=shards,
-                compressor=compressor, fill_value=fill_value, attributes=attributes,
+                compressors=codecs, fill_value=fill_value, attributes=attributes,
             ),
         )
         return self._open(target, path, mode="r+")

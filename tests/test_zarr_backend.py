@@ -106,8 +106,9 @@ def test_shards_without_chunks_get_default_chunks_dividing_them(backend: ZarrBac
 
 def test_unknown_compressor_raises_value_error_listing_the_names_and_writes_nothing(backend: ZarrBackend) -> None:
     with pytest.raises(ValueError, match="'zstd', 'blosc-lz4', 'gzip' or None"):
-        backend.save(sample(), "bad.zarr", compressor="lzma")
-    assert not backend.exists("bad.zarr")
+        backend.save(sample(), "sub/bad.zarr", compressor="lzma")
+    with pytest.raises(ValueError, match="lzma"):
+        backend.create_array("sub/bad.zarr", (4,), "int8", None, compressor="lzma")
     assert backend.list_dir(".") == []
 
 
