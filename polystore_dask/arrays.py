@@ -24,7 +24,7 @@ from polystore._paths import normalize_key
 from polystore.errors import UnsupportedFormatError
 from polystore_dask.plugin import get_registry, registry_of
 from polystore_dask.routing import run_everywhere
-from polystore_dask.tasks import Owner, check_owner, origin_of, resolve
+from polystore_dask.tasks import Owner, check_owner, lost_error, origin_of, resolve
 
 if TYPE_CHECKING:
     import os
@@ -136,6 +136,9 @@ def _load_from_memory(manager: DaskFileManager, path: Any, chunks: Any, token: s
         for block_name in names:
             holders.setdefault(block_name, Owner(address, worker_id))
     if layout is None:
+        keeper = manager._owners.get(_join(key, LAYOUT))
+        if keeper is not None:
+            raise lost_error(str(path), keeper)
         raise FileNotFoundError(
             errno.ENOENT, f"memory backend: no worker keeps an array saved by save_array here (no {LAYOUT!r} inside)", str(path)
         )
@@ -260,9 +263,10 @@ def store_block(block: np.ndarray, block_path: str) -> Owner:
 
 
 def store_layout(owners: list[Owner], key: str, layout: dict[str, Any], block_paths: list[str]) -> dict[str, Owner]:
-    """Keep the array's layout beside its blocks; return which worker keeps each block."""
-    get_registry()[MEMORY].save(layout, f"{key}/{LAYOUT}" if key else LAYOUT, overwrite=True)
-    return dict(zip(block_paths, owners))
+    """Keep the array's layout beside its blocks; return which worker keeps each block and the layout."""
+    worker = get_worker()
+    registry_of(worker)[MEMORY].save(layout, _join(key, LAYOUT), overwrite=True)
+    return {**dict(zip(block_paths, owners)), _join(key, LAYOUT): Owner(worker.address, worker.id)}
 
 
 def read_memory_block(block_path: str, owner: Owner | None) -> np.ndarray:
@@ -278,7 +282,7 @@ def probe_array(key: str, *, dask_worker: Any) -> tuple[str, dict[str, Any] | No
     backend = registry_of(dask_worker)[MEMORY]
     if not backend.is_dir(key):
         return dask_worker.id, None, []
-    layout_path = f"{key}/{LAYOUT}" if key else LAYOUT
+    layout_path = _join(key, LAYOUT)
     layout = backend.load(layout_path) if backend.is_file(layout_path) else None
     names = [name for name in backend.list_dir(key) if name != LAYOUT]
     return dask_worker.id, layout, [_join(key, name) for name in names]

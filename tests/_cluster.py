@@ -20,7 +20,7 @@ def cluster_client(n_workers: int = 2) -> Iterator[Client]:
     with LocalCluster(
         n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cluster, Client(cluster) as client:
-        client.wait_for_workers(n_workers)
+        client.wait_for_workers(n_workers, timeout=PATIENCE)
         yield client
 
 

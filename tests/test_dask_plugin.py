@@ -11,7 +11,7 @@ from distributed import Client
 
 from polystore import BackendRegistry
 from polystore_dask import PolystorePlugin, get_registry
-from tests._cluster import cluster_client, kill_worker, wait_until, worker_addresses
+from tests._cluster import PATIENCE, cluster_client, kill_worker, wait_until, worker_addresses
 
 pytestmark = pytest.mark.cluster
 
@@ -32,7 +32,7 @@ def load_from_memory(path: str) -> int:
 
 
 def run_on(client: Client, address: str, function, *args):
-    return client.submit(function, *args, workers=[address], allow_other_workers=False, pure=False).result()
+    return client.submit(function, *args, workers=[address], allow_other_workers=False, pure=False).result(timeout=PATIENCE)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_a_worker_that_joins_later_gets_the_plugin(client):
     before = set(worker_addresses(client))
     client.cluster.scale(3)
     try:
-        client.wait_for_workers(3)
+        client.wait_for_workers(3, timeout=PATIENCE)
         (added,) = set(worker_addresses(client)) - before
         pid, _, _ = run_on(client, added, registry_identity)
         assert pid != os.getpid()
@@ -109,7 +109,7 @@ def test_a_killed_worker_comes_back_with_the_plugin(client):
     victim = worker_addresses(client)[0]
     old_pid = client.run(os.getpid, workers=[victim])[victim]
     kill_worker(client, victim)
-    client.wait_for_workers(2)
+    client.wait_for_workers(2, timeout=PATIENCE)
     pids = [run_on(client, address, registry_identity)[0] for address in worker_addresses(client)]
     assert old_pid not in pids
 
@@ -125,7 +125,7 @@ def test_restart_workers_keeps_the_plugin_and_drops_memory(client):
     address = worker_addresses(client)[0]
     run_on(client, address, save_in_memory, "dropped/a", 3)
     client.restart_workers([address])
-    client.wait_for_workers(2)
+    client.wait_for_workers(2, timeout=PATIENCE)
     for address in worker_addresses(client):
         with pytest.raises(FileNotFoundError):
             run_on(client, address, load_from_memory, "dropped/a")

@@ -1,0 +1,192 @@
+"""save_array and load_array on a real LocalCluster: zarr and memory."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from dask.delayed import Delayed
+from distributed import get_task_stream
+
+from polystore_dask import DaskFileManager, PolystorePlugin
+from tests._cluster import cluster_client, worker_addresses
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def client():
+    with cluster_client(2) as client:
+        client.register_plugin(PolystorePlugin())
+        yield client
+
+
+@pytest.fixture
+def dfm(client):
+    return DaskFileManager(client)
+
+
+def sample(shape=(600, 500), chunks=(200, 250), dtype=np.float32) -> da.Array:
+    """A deterministic array computed on the workers."""
+    return da.random.default_rng(11).random(shape, chunks=chunks).astype(dtype)
+
+
+def assert_every_element_equal(actual: np.ndarray, expected: np.ndarray) -> None:
+    assert actual.dtype == expected.dtype
+    assert actual.shape == expected.shape
+    assert np.array_equal(actual, expected)
+
+
+# -- zarr ---------------------------------------------------------------------
+def test_save_array_writes_every_element_with_the_arrays_own_chunks(dfm, tmp_path):
+    x = sample()
+    assert dfm.save_array(x, str(tmp_path / "a.zarr")) is None
+    stored = zarr.open_array(str(tmp_path / "a.zarr"), mode="r")
+    assert stored.chunks == (200, 250)
+    assert_every_element_equal(stored[...], x.compute())
+
+
+@pytest.mark.parametrize(
+    ("dask_chunks", "chunks", "shards"),
+    [
+        ((300, 300), (256, 256), None),  # blocks straddle zarr chunks
+        (((100, 300, 200), (250, 250)), None, None),  # irregular blocks: backend default chunks
+        ((128, 125), (128, 125), (256, 250)),  # blocks smaller than shards (dask#12583 loses data here)
+        ((200, 250), (100, 125), (300, 500)),  # blocks straddle shards
+    ],
+)
+def test_save_array_is_exact_when_blocks_do_not_match_chunks_or_shards(dfm, tmp_path, dask_chunks, chunks, shards):
+    x = sample(chunks=dask_chunks)
+    dfm.save_array(x, str(tmp_path / "b.zarr"), chunks=chunks, shards=shards)
+    stored = zarr.open_array(str(tmp_path / "b.zarr"), mode="r")
+    if chunks is not None:
+        assert stored.chunks == chunks
+    assert stored.shards == shards
+    assert_every_element_equal(stored[...], x.compute())
+
+
+def test_save_array_takes_compressor_and_numpy_input(dfm, tmp_path):
+    data = np.arange(5000, dtype=np.int64).reshape(50, 100)
+    dfm.save_array(data, str(tmp_path / "c.zarr"), compressor=None, chunks=(10, 100))
+    assert_every_element_equal(zarr.open_array(str(tmp_path / "c.zarr"), mode="r")[...], data)
+
+
+def test_save_array_without_compute_returns_a_delayed_that_writes(dfm, tmp_path):
+    x = sample()
+    path = str(tmp_path / "d.zarr")
+    delayed = dfm.save_array(x, path, compute=False)
+    assert isinstance(delayed, Delayed)
+    assert not zarr.open_array(path, mode="r")[...].any()  # created, not yet written
+    dask.compute(delayed)
+    assert_every_element_equal(zarr.open_array(path, mode="r")[...], x.compute())
+
+
+def test_save_array_refuses_an_existing_array_unless_overwrite(dfm, tmp_path):
+    path = str(tmp_path / "e.zarr")
+    dfm.save_array(sample(), path)
+    with pytest.raises(FileExistsError):
+        dfm.save_array(sample(), path)
+    y = sample(shape=(40, 30), chunks=(20, 30))
+    dfm.save_array(y, path, overwrite=True)
+    assert_every_element_equal(zarr.open_array(path, mode="r")[...], y.compute())
+
+
+def test_save_array_write_tasks_run_on_the_workers(client, dfm, tmp_path):
+    with get_task_stream(client) as stream:
+        dfm.save_array(sample(), str(tmp_path / "f.zarr"))
+    writes = [entry for entry in stream.data if str(entry["key"]).startswith("('polystore-save_array-write-")]
+    assert len(writes) == 3 * 2
+    assert {entry["worker"] for entry in writes} <= set(worker_addresses(client))
+
+
+def test_load_array_is_lazy_and_sums_like_numpy(client, dfm, tmp_path):
+    x = sample()
+    path = str(tmp_path / "g.zarr")
+    dfm.save_array(x, path)
+    with get_task_stream(client) as stream:
+        lazy = dfm.load_array(path)
+    assert isinstance(lazy, da.Array)
+    assert lazy.name.startswith("polystore-load_array-")
+    assert not [entry for entry in stream.data if str(entry["key"]).startswith("('polystore-load_array-")]
+    assert lazy.chunks == ((200, 200, 200), (250, 250))
+    expected = x.compute()
+    assert float(lazy.sum().compute()) == pytest.approx(float(expected.sum(dtype=np.float64)), rel=1e-5)
+    assert_every_element_equal(lazy.compute(), expected)
+
+
+def test_load_array_takes_other_chunks(dfm, tmp_path):
+    x = sample()
+    dfm.save_array(x, str(tmp_path / "h.zarr"))
+    lazy = dfm.load_array(str(tmp_path / "h.zarr"), chunks=(150, 500))
+    assert lazy.chunks == ((150, 150, 150, 150), (500,))
+    assert_every_element_equal(lazy.compute(), x.compute())
+
+
+def test_load_array_reads_what_dask_wrote_and_dask_reads_ours(dfm, tmp_path):
+    x = sample()
+    da.to_zarr(x, str(tmp_path / "theirs.zarr"))
+    assert_every_element_equal(dfm.load_array(str(tmp_path / "theirs.zarr")).compute(), x.compute())
+    dfm.save_array(x, str(tmp_path / "ours.zarr"))
+    assert_every_element_equal(da.from_zarr(str(tmp_path / "ours.zarr")).compute(), x.compute())
+
+
+def test_load_array_of_a_missing_path_raises_file_not_found(dfm, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        dfm.load_array(str(tmp_path / "missing.zarr"))
+
+
+def test_relative_zarr_paths_are_taken_from_the_client_directory(dfm, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    x = sample()
+    dfm.save_array(x, "rel/r.zarr")
+    assert (tmp_path / "rel" / "r.zarr" / "zarr.json").is_file()
+    assert_every_element_equal(dfm.load_array("rel/r.zarr").compute(), x.compute())
+
+
+def test_save_array_to_a_backend_without_create_array_is_refused(dfm, tmp_path):
+    with pytest.raises(ValueError, match="create_array"):
+        dfm.save_array(sample(), str(tmp_path / "a.npy"), "disk")
+
+
+# -- memory -------------------------------------------------------------------
+def memory_blocks(client, key: str) -> dict[str, list[str]]:
+    def blocks(dask_worker):
+        backend = dask_worker.plugins["polystore"].registry["memory"]
+        return [name for name in backend.list_dir(key) if name != ".array"] if backend.is_dir(key) else []
+
+    return client.run(blocks)
+
+
+def test_memory_save_array_keeps_each_block_on_a_worker_and_loads_it_back(client, dfm, tmp_path):
+    x = sample()
+    key = f"{tmp_path.name}/m"
+    assert dfm.save_array(x, key, "memory") is None
+    held = memory_blocks(client, key)
+    assert sorted(sum(held.values(), [])) == sorted(f"{i}.{j}" for i in range(3) for j in range(2))
+    lazy = dfm.load_array(key, "memory")
+    assert isinstance(lazy, da.Array)
+    assert lazy.chunks == x.chunks
+    assert_every_element_equal(lazy.compute(), x.compute())
+    assert float(lazy.sum().compute()) == pytest.approx(float(x.compute().sum(dtype=np.float64)), rel=1e-5)
+    assert_every_element_equal(dfm.load_array(key, "memory", chunks=(600, 500)).compute(), x.compute())
+
+
+def test_memory_save_array_without_compute_and_overwrite(client, dfm, tmp_path):
+    key = f"{tmp_path.name}/n"
+    delayed = dfm.save_array(sample(), key, "memory", compute=False)
+    assert isinstance(delayed, Delayed)
+    dask.compute(delayed)
+    assert_every_element_equal(dfm.load_array(key, "memory").compute(), sample().compute())
+    with pytest.raises(FileExistsError):
+        dfm.save_array(sample(), key, "memory")
+    y = sample(shape=(30, 20), chunks=(10, 20), dtype=np.int16)
+    dfm.save_array(y, key, "memory", overwrite=True)
+    assert_every_element_equal(dfm.load_array(key, "memory").compute(), y.compute())
+    assert sorted(sum(memory_blocks(client, key).values(), [])) == ["0.0", "1.0", "2.0"]
+
+
+def test_memory_load_array_of_a_missing_path_raises_file_not_found(dfm, tmp_path):
+    with pytest.raises(FileNotFoundError, match="save_array"):
+        dfm.load_array(f"{tmp_path.name}/none", "memory")

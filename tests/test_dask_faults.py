@@ -1,0 +1,102 @@
+"""Workers that die or restart: memory loss is reported, zarr writes stay whole."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+
+from polystore_dask import DaskFileManager, PolystorePlugin
+from tests._cluster import PATIENCE, cluster_client, kill_worker, wait_until, worker_addresses
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def client():
+    with cluster_client(2) as client:
+        client.register_plugin(PolystorePlugin())
+        yield client
+
+
+@pytest.fixture
+def dfm(client):
+    client.wait_for_workers(2, timeout=PATIENCE)
+    return DaskFileManager(client)
+
+
+def make_array(value: float) -> np.ndarray:
+    return np.full(8, value)
+
+
+def save_on(client, dfm, address: str, path: str, value: float):
+    data = client.submit(make_array, value, workers=[address], pure=False)
+    return dfm.save(data, path, "memory").result(timeout=PATIENCE)
+
+
+def test_memory_kept_by_a_killed_worker_raises_file_not_found_naming_path_and_worker(client, dfm, tmp_path):
+    victim, survivor = worker_addresses(client)
+    lost, kept = f"{tmp_path.name}/lost", f"{tmp_path.name}/kept"
+    save_on(client, dfm, victim, lost, 1.0)
+    save_on(client, dfm, survivor, kept, 2.0)
+    kill_worker(client, victim)
+
+    with pytest.raises(FileNotFoundError) as caught:
+        dfm.load(lost, "memory").result(timeout=PATIENCE)
+    assert lost in str(caught.value) and victim in str(caught.value)
+    with pytest.raises(FileNotFoundError, match=victim):
+        dfm.stat(lost, "memory")
+    with pytest.raises(FileNotFoundError, match=victim):
+        dfm.load_batch([kept, lost], "memory").result(timeout=PATIENCE)
+    assert dfm.exists(lost, "memory") is False
+    assert dfm.list_files(tmp_path.name, "memory") == [kept]
+    np.testing.assert_array_equal(dfm.load(kept, "memory").result(timeout=PATIENCE), np.full(8, 2.0))
+
+    dfm.save(np.full(8, 3.0), lost, "memory").result(timeout=PATIENCE)  # saved again, on a live worker
+    np.testing.assert_array_equal(dfm.load(lost, "memory").result(timeout=PATIENCE), np.full(8, 3.0))
+
+
+def test_restart_loses_memory_with_an_error_naming_the_lost_worker(client, dfm, tmp_path):
+    path = f"{tmp_path.name}/before-restart"
+    owner = worker_addresses(client)[0]
+    save_on(client, dfm, owner, path, 1.0)
+    client.restart()
+    with pytest.raises(FileNotFoundError, match="left or restarted") as caught:
+        dfm.load(path, "memory").result(timeout=PATIENCE)
+    assert owner in str(caught.value)
+
+
+def test_a_memory_array_with_a_lost_block_raises_instead_of_returning_holes(client, dfm, tmp_path):
+    key = f"{tmp_path.name}/arr"
+    dfm.save_array(da.ones((40, 40), chunks=(10, 40)), key, "memory")
+    kill_worker(client, worker_addresses(client)[0])
+    client.wait_for_workers(2, timeout=PATIENCE)
+    with pytest.raises(FileNotFoundError, match="left or restarted"):
+        dfm.load_array(key, "memory").sum().compute()
+
+
+def slowly(block: np.ndarray) -> np.ndarray:
+    time.sleep(0.03)
+    return block
+
+
+def chunk_files(path: str) -> int:
+    return sum(len(files) for _, _, files in os.walk(os.path.join(path, "c")))
+
+
+def test_a_worker_killed_during_save_array_leaves_a_whole_array_or_a_clear_error(client, dfm, tmp_path):
+    x = da.random.default_rng(5).random((1024, 1024), chunks=(128, 128)).map_blocks(slowly)
+    path = str(tmp_path / "killed.zarr")
+    writing = client.compute(dfm.save_array(x, path, compute=False))
+    wait_until(lambda: chunk_files(path) >= 8 or writing.done(), "some chunks to be written")
+    kill_worker(client, worker_addresses(client)[0])
+    error = writing.exception(timeout=PATIENCE)
+    if error is None:
+        assert np.array_equal(zarr.open_array(path, mode="r")[...], x.compute())
+    else:  # the cluster gave up on a task: that must be said plainly
+        assert type(error).__name__ == "KilledWorker", repr(error)
+        zarr.open_array(path, mode="r")[...]  # every chunk file written is whole
