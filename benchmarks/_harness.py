@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import shutil
 import statistics
 import tempfile
@@ -122,6 +123,8 @@ class Bench:
     heavy_reps: int = 5
     warmup: int = 1
     notes: dict[str, str] = field(default_factory=dict)
+    #: 1-minute load average when the run started (other work on the machine skews every row).
+    start_load: float = field(default_factory=lambda: os.getloadavg()[0])
     _counter: Iterator[int] = field(default_factory=itertools.count)
 
     @classmethod

@@ -56,8 +56,8 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def machine(scratch: Path) -> list[tuple[str, str]]:
-    """Facts about this machine and software, as (name, value) pairs."""
+def machine(bench: Bench) -> list[tuple[str, str]]:
+    """Facts about this machine, its load and the software, as (name, value) pairs."""
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     facts = [
         ("date", datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")),
@@ -65,8 +65,9 @@ def machine(scratch: Path) -> list[tuple[str, str]]:
         ("memory", f"{memory / 2**30:.1f} GiB"),
         ("platform", platform.platform()),
         ("python", platform.python_version()),
-        ("scratch filesystem", _filesystem(str(scratch))),
+        ("scratch filesystem", _filesystem(str(bench.root))),
         ("polystore commit", _commit()),
+        ("1-minute load average", f"{bench.start_load:.2f} at start, {os.getloadavg()[0]:.2f} at end (other work on the machine skews the figures)"),
     ]
     facts += [(package, _version(package)) for package in _PACKAGES]
     return facts
@@ -119,7 +120,7 @@ def render(bench: Bench, results: list[Result], errors: dict[str, str], command:
         "",
         "| | |",
         "|---|---|",
-        *(f"| {name} | {value} |" for name, value in machine(bench.root)),
+        *(f"| {name} | {value} |" for name, value in machine(bench)),
         "",
         "## Method",
         "",
