@@ -35,6 +35,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated rows to run, from {', '.join(sorted(ALL_ROWS))} (may repeat); row 8 comes with 5 and 6",
     )
     parser.add_argument(
+        "--scratch", type=Path, default=Path("/tmp"),
+        help="directory in which the run makes (and then removes) its scratch directory; default /tmp",
+    )
+    parser.add_argument(
         "--output", type=Path,
         help=f"where to write the report; default {RESULTS} for a full run of every row, else a file in the temp directory",
     )
@@ -57,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     errors: dict[str, str] = {}
     started = time.perf_counter()
-    with Bench.create(quick=args.quick) as bench:
+    with Bench.create(quick=args.quick, scratch=args.scratch) as bench:
         for rows, runner in AREAS:
             chosen = args.rows & set(rows)
             if not chosen:
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {result.row:>3} {result.title}: {result.ours.median:,.1f} {result.unit}{ratio}{verdict}", file=sys.stderr)
             print(f"  ({time.perf_counter() - area_started:.1f} s)", file=sys.stderr, flush=True)
             results += area_results
-        command = "python -m benchmarks" + (" --quick" if args.quick else "") + "".join(f" --only {row}" for row in sorted(args.rows) if args.rows != set(ALL_ROWS))
+        command = " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])])
         args.output.write_text(render(bench, results, errors, command))
     print(f"wrote {args.output} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 1 if errors else 0

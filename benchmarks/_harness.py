@@ -129,9 +129,9 @@ class Bench:
 
     @classmethod
     @contextlib.contextmanager
-    def create(cls, *, quick: bool) -> Iterator[Bench]:
-        """Yield a Bench whose scratch directory on /tmp is removed afterwards."""
-        root = Path(tempfile.mkdtemp(prefix="polystore-bench-", dir="/tmp")).resolve()
+    def create(cls, *, quick: bool, scratch: Path) -> Iterator[Bench]:
+        """Yield a Bench whose scratch directory (made in ``scratch``) is removed afterwards."""
+        root = Path(tempfile.mkdtemp(prefix="polystore-bench-", dir=scratch)).resolve()
         try:
             yield cls(quick=quick, root=root, reps=5 if quick else 9)
         finally:
@@ -209,6 +209,10 @@ def throughput_result(
     ours_stats = Stats.throughput(work, ours[1])
     baseline_stats = Stats.throughput(work, baseline[1])
     ratio = ours_stats.median / baseline_stats.median
+    # Each timed rep of ours ran right next to one of the baseline's: their
+    # ratios show how much of the spread is noise that hit both alike.
+    paired = Stats.of([b / o for o, b in zip(ours[1], baseline[1])])
+    note = "; ".join(filter(None, [f"paired ratios {paired.median:.2f} ({paired.low:.2f}–{paired.high:.2f})", note]))
     return Result(
         row=row,
         title=title,

@@ -41,7 +41,11 @@ def _cluster() -> Iterator[Any]:
     from polystore_dask import PolystorePlugin
 
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR) as cluster,
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR,
+            # any free port for the scheduler's HTTP server: no warning when another cluster holds 8787
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        ) as cluster,
         Client(cluster) as client,
     ):
         client.register_plugin(PolystorePlugin())

@@ -2,8 +2,9 @@
 
 Sequential write + fsync of 1 GiB (16 MiB writes from a pre-faulted buffer
 into a new file, then fsync and close), the same write without fsync (into
-the page cache only, which is what ``np.save`` and zarr do), and memcpy of
-1 GiB (``np.copyto`` into a pre-faulted destination). :func:`fractions`
+the page cache only, which is what ``np.save`` and zarr do), memcpy of
+1 GiB (``np.copyto`` into a pre-faulted destination), and the rate of
+creating empty files in the scratch directory (which bounds rows 2 and 7). :func:`fractions`
 then states the disk and zarr throughputs of rows 1 and 4 as fractions of
 these.
 """
@@ -25,6 +26,7 @@ WRITE_BLOCK = 16 * MiB
 def run(bench: Bench, rows: set[str]) -> list[Result]:
     """Measure sequential write + fsync and memcpy throughput."""
     nbytes = bench.size(GiB, 16 * MiB)
+    count = bench.size(1000, 20)
     source = np.ones(nbytes, dtype=np.uint8)
     destination = np.zeros(nbytes, dtype=np.uint8)
     view = memoryview(source)
@@ -42,6 +44,14 @@ def run(bench: Bench, rows: set[str]) -> list[Result]:
                 os.close(fd)
             return time.perf_counter() - start
 
+    def create_files() -> float:
+        with bench.scratch() as directory:
+            names = [str(directory / f"e{i:04d}") for i in range(count)]
+            start = time.perf_counter()
+            for name in names:
+                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            return time.perf_counter() - start
+
     def memcpy() -> float:
         return timed(np.copyto, destination, source)
 
@@ -49,12 +59,14 @@ def run(bench: Bench, rows: set[str]) -> list[Result]:
     synced = measure(lambda: write(True), reps=reps, warmup=bench.warmup)
     buffered = measure(lambda: write(False), reps=reps, warmup=bench.warmup)
     copied = measure(memcpy, reps=reps, warmup=bench.warmup)
+    created = measure(create_files, reps=reps, warmup=bench.warmup)
     size = f"{nbytes // MiB} MiB"
     megabytes = nbytes / 1e6
     return [
         Result("9a", f"machine: sequential write + fsync, {size}", "MB/s", "os.write 16 MiB blocks + fsync", Stats.throughput(megabytes, synced)),
         Result("9b", f"machine: sequential write, no fsync, {size}", "MB/s", "os.write 16 MiB blocks", Stats.throughput(megabytes, buffered)),
         Result("9c", f"machine: memcpy, {size}", "MB/s", "np.copyto into a pre-faulted array", Stats.throughput(megabytes, copied)),
+        Result("9d", f"machine: create {count} empty files in a new scratch directory", "files/s", "os.open(O_CREAT | O_EXCL) + close", Stats.throughput(count, created)),
     ]
 
 
