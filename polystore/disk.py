@@ -204,8 +204,12 @@ class DiskBackend(StorageBackend):
         if overwrite:
             try:
                 os.replace(source, target)
-            except IsADirectoryError:
-                raise self._is_directory(path) from None
+            except OSError:
+                # Linux reports a directory target as EISDIR, or as ENOTEMPTY
+                # when it holds files; both mean the same to the caller.
+                if os.path.isdir(target):
+                    raise self._is_directory(path) from None
+                raise
         else:
             try:
                 os.link(source, target, follow_symlinks=False)
@@ -337,7 +341,10 @@ class DiskBackend(StorageBackend):
         except FileNotFoundError:
             raise FileNotFoundError(errno.ENOENT, "disk backend: no directory at this path", str(path)) from None
         except NotADirectoryError:
-            raise NotADirectoryError(errno.ENOTDIR, "disk backend: this path is a file, not a directory", str(path)) from None
+            if os.path.isfile(directory):
+                raise NotADirectoryError(errno.ENOTDIR, "disk backend: this path is a file, not a directory", str(path)) from None
+            # A path below a file does not exist, as on every backend.
+            raise FileNotFoundError(errno.ENOENT, "disk backend: no directory at this path", str(path)) from None
 
     def list_files(
         self,

@@ -70,7 +70,6 @@ def disk_listing_below_a_file(operation: str, expected: Expected, error: BaseExc
     return operation in ("list_dir", "list_files") and expected.kind is FileNotFoundError and type(error) is NotADirectoryError
 
 
-@pytest.mark.xfail(strict=True, reason="defect: DiskBackend.move onto a directory holding the source raises OSError(ENOTEMPTY)")
 def test_disk_move_onto_the_directory_holding_the_source_raises_is_a_directory_error(tmp_path: Path) -> None:
     disk = DiskBackend(root=tmp_path)
     disk.save(b"data", "x/a.bin")
@@ -79,7 +78,6 @@ def test_disk_move_onto_the_directory_holding_the_source_raises_is_a_directory_e
     assert disk.load("x/a.bin") == b"data"
 
 
-@pytest.mark.xfail(strict=True, reason="defect: DiskBackend lists a path below a file with NotADirectoryError, not FileNotFoundError")
 @pytest.mark.parametrize("listing", ["list_dir", "list_files"])
 def test_disk_listing_a_path_below_a_file_raises_file_not_found_as_memory_and_zarr_do(tmp_path: Path, listing: str) -> None:
     disk = DiskBackend(root=tmp_path)
