@@ -15,15 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
+from dask.blockwise import blockwise
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
+from dask.layers import ArraySliceDep
 from dask.task_spec import List, Task, TaskRef
 from distributed import get_worker
 
 from polystore._paths import normalize_key
 from polystore.errors import UnsupportedFormatError
 from polystore_dask.plugin import get_registry, registry_of
-from polystore_dask.routing import run_everywhere
+from polystore_dask.routing import Workers, run_everywhere
 from polystore_dask.tasks import Owner, check_owner, lost_error, origin_of, resolve
 
 if TYPE_CHECKING:
@@ -82,7 +84,9 @@ def _save_to_memory(manager: DaskFileManager, x: da.Array, path: Any, overwrite:
     key = normalize_key(path, MEMORY)
     if key in manager._owners.locate([key]):
         if not overwrite:
-            raise FileExistsError(errno.EEXIST, "memory backend: something exists at this path; pass overwrite=True to replace it", str(path))
+            raise FileExistsError(
+                errno.EEXIST, "memory backend: something exists at this path; pass overwrite=True to replace it", str(path)
+            )
         run_everywhere(manager.client, drop_here, key)
         manager._owners.forget(key, None, inside=True)
     token = uuid.uuid4().hex
@@ -120,10 +124,13 @@ def load_array(manager: DaskFileManager, path: Any, backend: str, chunks: Any) -
     shape, dtype = tuple(info["shape"]), np.dtype(info["dtype"])
     chunks = da.core.normalize_chunks(info["chunks"] if chunks is None else chunks, shape, dtype=dtype)
     name = f"polystore-load_array-{token}"
-    layer = {
-        (name, *index): Task((name, *index), read_block, backend, path, region, origin)
-        for index, region in _blocks(chunks)
-    }
+    # A Blockwise layer, like dask.array.from_zarr's: dask fuses it with what
+    # follows (the chunk step of a sum) into one task per block.
+    axes = tuple(range(len(shape)))
+    layer = blockwise(
+        read_block, name, axes, ArraySliceDep(chunks), axes, backend, None, path, None, origin, None,
+        numblocks={}, _data_producer=True,
+    )
     graph = HighLevelGraph.from_collections(name, layer, dependencies=())
     return da.Array(graph, name, chunks, dtype=dtype, meta=np.empty((0,) * len(shape), dtype))
 
@@ -148,13 +155,15 @@ def _load_from_memory(manager: DaskFileManager, path: Any, chunks: Any, token: s
     # is a view of what that worker keeps, so nothing is copied. (Pinning lazy
     # tasks instead would not hold: dask's graph fusion drops annotations.)
     name = f"polystore-load_array-{token}"
+    workers = Workers(manager.client)
     layer = {}
     for index, _ in _blocks(stored):
         block_path = _block_path(key, index)
         owner = holders.get(block_path) or manager._owners.get(block_path)
+        pin = workers.pin(owner)
         layer[(name, *index)] = manager.client.submit(
             read_memory_block, block_path, owner, key=f"{name}-{'.'.join(map(str, index))}", pure=False,
-            workers=None if owner is None else [owner.address], allow_other_workers=owner is not None,
+            workers=pin, allow_other_workers=pin is not None,
         )
     graph = HighLevelGraph.from_collections(name, layer, dependencies=())
     array = da.Array(graph, name, stored, dtype=dtype, meta=np.empty((0,) * len(stored), dtype))
@@ -249,7 +258,7 @@ def array_info(backend: str, path: Any, origin: str | None) -> dict[str, Any]:
     return {"shape": stat["shape"], "dtype": np.dtype(stat["dtype"]), "chunks": stat["chunks"]}
 
 
-def read_block(backend: str, path: Any, region: tuple[slice, ...], origin: str | None) -> np.ndarray:
+def read_block(region: tuple[slice, ...], backend: str, path: Any, origin: str | None) -> np.ndarray:
     """Read one block of the array at ``path``."""
     registry = get_registry()
     return registry[backend].load(resolve(path, backend, registry, origin), region=region)

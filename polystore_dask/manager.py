@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import errno
-import math
 import os
 import posixpath
 import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from distributed import Client, Future, wait
 
 from polystore._paths import as_path_string, normalize_key
 from polystore.backend import PathLike, check_batch_lengths
 from polystore_dask import arrays
+from polystore_dask.batching import group_items, items_per_task, nbytes
 from polystore_dask.chains import PathChains, PathKey
-from polystore_dask.routing import MemoryOwners, Workers, run_everywhere
+from polystore_dask.rescue import StrandedTaskRescue
+from polystore_dask.routing import MemoryOwners, Workers
 from polystore_dask.tasks import (
     Owner,
     call,
@@ -25,11 +24,7 @@ from polystore_dask.tasks import (
     delete_after,
     delete_here,
     join_batches,
-    lost_error,
     origin_of,
-    probe_kinds,
-    probe_listing,
-    probe_stat,
     save_loaded,
     settle,
     settle_deletes,
@@ -47,8 +42,6 @@ MEMORY = "memory"
 #: Inline data at least this big is scattered to its worker rather than
 #: embedded in the task graph (which distributed warns about from 10 MiB).
 _SCATTER_BYTES = 8 << 20
-#: At most this much inline data goes into one batch task.
-_BATCH_BYTES = 64 << 20
 
 
 class DaskFileManager:
@@ -99,6 +92,7 @@ class DaskFileManager:
         self.client = client
         self._chains = PathChains()
         self._owners = MemoryOwners(client)
+        client.register_plugin(StrandedTaskRescue())
 
     def __repr__(self) -> str:
         return f"DaskFileManager({self.client!r})"
@@ -147,7 +141,7 @@ class DaskFileManager:
             ]
         else:
             owners = [workers.at(holders.get(index, "")) for index in range(len(keys))]
-        groups = _batches(owners, _per_task(len(keys), workers), [_nbytes(data) for data in data_list])
+        groups = group_items(owners, items_per_task(len(keys), len(workers)), [nbytes(data) for data in data_list])
         token = uuid.uuid4().hex
         chunks = []
         for part, (owner, positions) in enumerate(groups):
@@ -200,7 +194,7 @@ class DaskFileManager:
         if owner is not None:
             future = self._run(
                 "delete", call, MEMORY, "delete", (path,), options,
-                path_args=(0,), owner=owner, writes=[key], pin=[owner.address],
+                path_args=(0,), owner=owner, writes=[key], pin=Workers(self.client).pin(owner),
             )
         else:
             token = uuid.uuid4().hex
@@ -245,14 +239,14 @@ class DaskFileManager:
             future = self._run(
                 operation, call, MEMORY, operation, (src, dst), options,
                 path_args=(0, 1), owner=owner, writes=[source, target] if moving else [target],
-                reads=[] if moving else [source], pin=None if owner is None else [owner.address],
+                reads=[] if moving else [source], pin=workers.pin(owner),
             )
         else:
             # dst is kept by another worker: the data goes there, worker to worker.
             token = uuid.uuid4().hex
             loaded = self._submit(
                 f"polystore-{operation}-run-{token}-load", call, MEMORY, "load", (src,), {},
-                path_args=(0,), owner=owner, after=self._chains.waits([source], write=moving), pin=[owner.address],
+                path_args=(0,), owner=owner, after=self._chains.waits([source], write=moving), pin=workers.pin(owner),
             )
             saved = self._submit(
                 f"polystore-{operation}-run-{token}-save", save_loaded, loaded, str(dst), overwrite, keeper,
@@ -261,7 +255,9 @@ class DaskFileManager:
             self._chains.add([target], saved, write=True)
             last = saved
             if moving:
-                last = self._submit(f"polystore-{operation}-run-{token}", delete_after, saved, str(src), owner, pin=[owner.address])
+                last = self._submit(
+                    f"polystore-{operation}-run-{token}", delete_after, saved, str(src), owner, pin=workers.pin(owner)
+                )
                 self._chains.add([source], last, write=True)
             else:
                 self._chains.add([source], loaded, write=False)
@@ -282,7 +278,7 @@ class DaskFileManager:
         owner = self._owner_for_reading(key)
         return self._run(
             "load", call, MEMORY, "load", (path,), kwargs,
-            path_args=(0,), owner=owner, reads=[key], pin=None if owner is None else [owner.address],
+            path_args=(0,), owner=owner, reads=[key], pin=Workers(self.client).pin(owner),
         )
 
     def load_batch(self, paths: Sequence[PathLike], backend: str, **kwargs: Any) -> Future:
@@ -297,15 +293,16 @@ class DaskFileManager:
             owners: list[Owner | None] = [self._owners.get(key[1]) for key in keys]
         else:
             owners = [None] * len(keys)
-        groups = _batches(owners, _per_task(len(keys), workers), [0] * len(keys))
+        groups = group_items(owners, items_per_task(len(keys), len(workers)), [0] * len(keys))
         token = uuid.uuid4().hex
         chunks, positions = [], []
         for part, (owner, where) in enumerate(groups):
             chunks.append(
                 self._start(
-                    f"polystore-load_batch-run-{token}-{part}", call, backend, "load_batch", ([paths[index] for index in where],), kwargs,
+                    f"polystore-load_batch-run-{token}-{part}", call, backend, "load_batch",
+                    ([paths[index] for index in where],), kwargs,
                     path_args=(0,), origin=origin_of(backend), owner=owner,
-                    reads=[keys[index] for index in where], pin=None if owner is None else [owner.address],
+                    reads=[keys[index] for index in where], pin=workers.pin(owner),
                 )
             )
             positions.append(where)
@@ -355,19 +352,7 @@ class DaskFileManager:
             return self._ask("stat", backend, path)
         key = self._key(path, backend)
         wait(self._chains.waits([key], write=False))
-        answers = run_everywhere(self.client, probe_stat, key[1])
-        owner = self._owners.get(key[1])
-        if owner is not None and answers.get(owner.address, (None, None))[0] == owner.worker_id:
-            if answers[owner.address][1] is not None:
-                return answers[owner.address][1]
-        found = [stat for _, stat in (answers[address] for address in sorted(answers)) if stat is not None]
-        for kind in ("file", "directory"):
-            for stat in found:
-                if stat["type"] == kind:
-                    return stat
-        if owner is not None and answers.get(owner.address, (None,))[0] != owner.worker_id:
-            raise lost_error(str(path), owner)
-        raise FileNotFoundError(errno.ENOENT, "memory backend: no worker keeps anything at this path", str(path))
+        return self._owners.stat(key[1], str(path))
 
     # -- arrays ----------------------------------------------------------
     def save_array(
@@ -458,7 +443,9 @@ class DaskFileManager:
         self._chains.add(reads, outcome, write=False)
         return outcome
 
-    def _run(self, operation: str, function: Callable[..., Any], *args: Any, pin: list[str] | None = None, **kwargs: Any) -> Future:
+    def _run(
+        self, operation: str, function: Callable[..., Any], *args: Any, pin: list[str] | None = None, **kwargs: Any
+    ) -> Future:
         """Submit an operation's task and the task whose result (or error) the user's future holds."""
         token = uuid.uuid4().hex
         outcome = self._start(f"polystore-{operation}-run-{token}", function, *args, pin=pin, **kwargs)
@@ -485,22 +472,11 @@ class DaskFileManager:
     def _memory_kinds(self, path: PathLike) -> list[str | None]:
         key = self._key(path, MEMORY)
         wait(self._chains.waits([key], write=False))
-        return [kinds[key[1]] for _, kinds in run_everywhere(self.client, probe_kinds, [key[1]]).values()]
+        return self._owners.kinds(key[1])
 
     def _memory_listing(self, method: str, path: PathLike, options: dict[str, Any]) -> list[str]:
-        key = self._key(path, MEMORY)
-        wait(self._chains.waits([key], write=False))
-        answers = [outcome for _, outcome in run_everywhere(self.client, probe_listing, method, path, options).values()]
-        listed = [outcome.value for outcome in answers if outcome.error is None]
-        if listed:
-            return sorted(set().union(*listed))
-        errors = [outcome.error for outcome in answers]
-        for error in errors:
-            if isinstance(error, NotADirectoryError):
-                raise error
-        if errors:
-            raise errors[0]
-        raise FileNotFoundError(errno.ENOENT, "memory backend: no worker keeps a directory at this path", str(path))
+        wait(self._chains.waits([self._key(path, MEMORY)], write=False))
+        return self._owners.listing(method, path, options)
 
     def _holders(self, data: Any) -> list[str] | None:
         """The workers holding ``data`` if it is a finished Future (its task runs there)."""
@@ -522,10 +498,10 @@ class DaskFileManager:
     def _ship(self, data: Any, pin: list[str] | None) -> Any:
         """Scatter large inline data (to the pinned worker) instead of embedding it in the graph."""
         if isinstance(data, list):
-            if sum(map(_nbytes, data)) < _SCATTER_BYTES:
+            if sum(map(nbytes, data)) < _SCATTER_BYTES:
                 return data
-            return [self._ship(item, pin) if _nbytes(item) else item for item in data]
-        if _nbytes(data) < _SCATTER_BYTES:
+            return [self._ship(item, pin) if nbytes(item) else item for item in data]
+        if nbytes(data) < _SCATTER_BYTES:
             return data
         return self.client.scatter(data, workers=pin, hash=False)
 
@@ -537,37 +513,3 @@ def _name(backend: Any) -> str:
             "pass it right after the path, e.g. dfm.load(path, 'disk')"
         )
     return backend
-
-
-def _nbytes(data: Any) -> int:
-    if isinstance(data, np.ndarray):
-        return int(data.nbytes)
-    if isinstance(data, (bytes, bytearray, str)):
-        return len(data)
-    return 0
-
-
-def _per_task(count: int, workers: Workers) -> int:
-    """Items per batch task: about two tasks per worker (a task costs ~10 ms, a small item ~0.1 ms)."""
-    return max(1, math.ceil(count / (2 * max(1, len(workers)))))
-
-
-def _batches(owners: Sequence[Owner | None], per_task: int, sizes: Sequence[int]) -> list[tuple[Owner | None, list[int]]]:
-    """Group item positions by owner, in chunks of at most ``per_task`` items and ``_BATCH_BYTES``."""
-    by_owner: dict[Owner | None, list[int]] = {}
-    for index, owner in enumerate(owners):
-        by_owner.setdefault(owner, []).append(index)
-    groups = []
-    for owner, positions in by_owner.items():
-        chunk: list[int] = []
-        size = 0
-        for index in positions:
-            if chunk and (len(chunk) >= per_task or size + sizes[index] > _BATCH_BYTES):
-                groups.append((owner, chunk))
-                chunk, size = [], 0
-            chunk.append(index)
-            size += sizes[index]
-        if chunk:
-            groups.append((owner, chunk))
-    groups.sort(key=lambda group: group[1][0])
-    return groups

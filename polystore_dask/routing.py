@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import posixpath
 import threading
@@ -10,7 +11,7 @@ from typing import Any
 
 from distributed import Client, Future
 
-from polystore_dask.tasks import Owner, probe_kinds, worker_ids
+from polystore_dask.tasks import Owner, lost_error, probe_kinds, probe_listing, probe_stat, worker_ids
 
 __all__ = ["MemoryOwners", "Workers", "run_everywhere"]
 
@@ -36,6 +37,17 @@ class Workers:
     def alive(self, owner: Owner | None) -> bool:
         """Whether ``owner``'s process is still in the cluster."""
         return owner is not None and self.members.get(owner.address, (None,))[0] == owner.worker_id
+
+    def pin(self, owner: Owner | None) -> list[str] | None:
+        """The ``workers=`` for a task of a path kept by ``owner``: its address, if it is still here.
+
+        distributed runs a task pinned with ``allow_other_workers=True`` on
+        another worker only if some worker is running when it is scheduled;
+        one left in ``no-worker`` then stays there even after new workers
+        join. So a task for a path whose owner has left is not pinned: it
+        runs anywhere and reports the loss (see ``tasks.check_owner``).
+        """
+        return [owner.address] if self.alive(owner) else None
 
     def at(self, address: str) -> Owner | None:
         """The worker at ``address``, if it is in the cluster."""
@@ -126,6 +138,45 @@ class MemoryOwners:
                 if kind == "file":
                     self._owners[key] = owner
         return found
+
+
+    def kinds(self, key: str) -> list[str | None]:
+        """What each worker has at ``key``: ``"file"``, ``"dir"`` or None."""
+        return [kinds[key] for _, kinds in run_everywhere(self.client, probe_kinds, [key]).values()]
+
+    def listing(self, method: str, path: Any, options: dict[str, Any]) -> list[str]:
+        """``list_files`` or ``list_dir`` of ``path``: the union over the workers that have it."""
+        answers = [outcome for _, outcome in run_everywhere(self.client, probe_listing, method, path, options).values()]
+        listed = [outcome.value for outcome in answers if outcome.error is None]
+        if listed:
+            return sorted(set().union(*listed))
+        errors = [outcome.error for outcome in answers]
+        for error in errors:
+            if isinstance(error, NotADirectoryError):
+                raise error
+        if errors:
+            raise errors[0]
+        raise FileNotFoundError(errno.ENOENT, "memory backend: no worker keeps a directory at this path", str(path))
+
+    def stat(self, key: str, path: str) -> dict[str, Any]:
+        """The stat of ``key``: from its owner, else from any worker that has it.
+
+        Raises ``FileNotFoundError`` naming the owner if it has left and no
+        other worker has the path.
+        """
+        answers = run_everywhere(self.client, probe_stat, key)
+        owner = self.get(key)
+        owner_alive = owner is not None and answers.get(owner.address, (None, None))[0] == owner.worker_id
+        if owner_alive and answers[owner.address][1] is not None:
+            return answers[owner.address][1]
+        found = [answers[address][1] for address in sorted(answers) if answers[address][1] is not None]
+        for kind in ("file", "directory"):
+            for stat in found:
+                if stat["type"] == kind:
+                    return stat
+        if owner is not None and not owner_alive:
+            raise lost_error(path, owner)
+        raise FileNotFoundError(errno.ENOENT, "memory backend: no worker keeps anything at this path", path)
 
 
 def run_everywhere(client: Client, function: Callable[..., Any], *args: Any) -> dict[str, Any]:

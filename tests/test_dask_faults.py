@@ -100,3 +100,24 @@ def test_a_worker_killed_during_save_array_leaves_a_whole_array_or_a_clear_error
     else:  # the cluster gave up on a task: that must be said plainly
         assert type(error).__name__ == "KilledWorker", repr(error)
         zarr.open_array(path, mode="r")[...]  # every chunk file written is whole
+
+
+def block(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def test_a_task_waiting_for_a_worker_that_dies_does_not_hang():
+    # One worker: when it dies no other worker is running, so the pending
+    # load is left without a worker until the nanny's new process joins.
+    with cluster_client(1) as client:
+        client.register_plugin(PolystorePlugin())
+        dfm = DaskFileManager(client)
+        dfm.save(np.ones(3), "only/a", "memory").result(timeout=PATIENCE)
+        (owner,) = worker_addresses(client)
+        busy = client.submit(block, 60, pure=False)
+        wait_until(lambda: client.processing()[owner], "the worker to be busy")
+        pending = dfm.load("only/a", "memory")
+        kill_worker(client, owner)
+        client.cancel(busy)
+        with pytest.raises(FileNotFoundError, match=owner):
+            pending.result(timeout=PATIENCE)
