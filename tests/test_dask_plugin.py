@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from distributed import Client
 
-from polystore import BackendRegistry
-from polystore_dask import PolystorePlugin, get_registry
+from polystore import BackendRegistry, InvalidPathError
+from polystore_dask import DaskFileManager, PolystorePlugin, get_registry
 from tests._cluster import PATIENCE, cluster_client, kill_worker, wait_until, worker_addresses
 
 pytestmark = pytest.mark.cluster
@@ -178,3 +178,18 @@ def test_unregistering_tears_the_registry_down(bare_client):
     bare_client.unregister_worker_plugin("polystore")
     with pytest.raises(RuntimeError, match="no polystore plugin"):
         bare_client.submit(call_registry, pure=False).result()
+
+
+def test_with_a_root_in_the_options_relative_paths_belong_to_the_root(bare_client, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "root"
+    bare_client.register_plugin(PolystorePlugin(options={"disk": {"root": str(root)}}))
+    try:
+        dfm = DaskFileManager(bare_client)
+        dfm.save(np.arange(3), "sub/a.npy", "disk").result(timeout=PATIENCE)
+        assert (root / "sub" / "a.npy").is_file()
+        assert dfm.list_files("sub", "disk") == ["sub/a.npy"]
+        with pytest.raises(InvalidPathError):
+            dfm.save(np.arange(3), "../escape.npy", "disk").result(timeout=PATIENCE)
+    finally:
+        bare_client.unregister_worker_plugin("polystore")
