@@ -77,6 +77,13 @@ class DaskFileManager:
     client
         The ``distributed.Client`` of the cluster to run on.
 
+    Notes
+    -----
+    The manager asks the scheduler which workers exist (by process id) and
+    registers a small scheduler plugin (:class:`~polystore_dask.rescue.StrandedTaskRescue`),
+    so ``polystore_dask`` must be importable on the scheduler as on the
+    workers, as Dask expects of any code it runs.
+
     Examples
     --------
     >>> client.register_plugin(PolystorePlugin())  # doctest: +SKIP
