@@ -57,10 +57,13 @@ def identify(array: Any, size: int) -> int | None:
     return token
 
 
-def save_once(backend_name: str, root: str, path: str, token: int, size: int, overwrite: bool, options: dict[str, Any]) -> None:
-    """Save ``token_data(token, size)`` at ``path`` once (the parent kills this process at some point)."""
+def save_once(
+    backend_name: str, root: str, path: str, token: int, size: int, overwrite: bool, options: dict[str, Any], started: Any
+) -> None:
+    """Set ``started``, then save ``token_data(token, size)`` at ``path`` (the parent kills this process meanwhile)."""
     backend = make_backend(backend_name, root)
     data = token_data(token, size)
+    started.set()
     backend.save(data, path, overwrite=overwrite, **options)
 
 
@@ -75,9 +78,9 @@ def save_with_file_size_limit(
     try:
         backend.save(data, path, overwrite=True, **options)
     except BaseException as error:  # reported to the parent, which judges it
-        results.put(("error", type(error).__name__, str(error), getattr(error, "errno", None), _efbig_in_chain(error)))
+        results.put({"error": f"{type(error).__name__}: {error}", "oserror": isinstance(error, OSError), "efbig": _efbig_in_chain(error)})
     else:
-        results.put(("saved", None, None, None, False))
+        results.put({"error": None})
 
 
 def _efbig_in_chain(error: BaseException | None) -> bool:
