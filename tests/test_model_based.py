@@ -11,7 +11,6 @@ randomly seeded.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import tempfile
@@ -24,7 +23,6 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from polystore import DiskBackend, MemoryBackend, ZarrBackend
 from tests._reliability_ledger import DEEP, scaled
-from tests._reliability_model import Expected
 from tests._reliability_machine import BAD_PATHS, ROOTED_BAD_PATHS, MachineConfig, StorageMachine
 
 #: Names paths are made of on backends storing every kind: the suffix picks the kind.
@@ -59,17 +57,7 @@ def remove_root(store: DiskBackend | ZarrBackend) -> None:
     shutil.rmtree(store.root, ignore_errors=True)
 
 
-# -- defects found by the model, tolerated by it and pinned by a regression test each --
-def disk_move_onto_ancestor(operation: str, expected: Expected, error: BaseException) -> bool:
-    """Disk: move(f, d, overwrite=True) onto a directory d holding f raises a raw OSError(ENOTEMPTY)."""
-    return operation == "move" and expected.kind is IsADirectoryError and type(error) is OSError and error.errno == errno.ENOTEMPTY
-
-
-def disk_listing_below_a_file(operation: str, expected: Expected, error: BaseException) -> bool:
-    """Disk: listing a path below a file raises NotADirectoryError where memory and zarr say FileNotFoundError."""
-    return operation in ("list_dir", "list_files") and expected.kind is FileNotFoundError and type(error) is NotADirectoryError
-
-
+# -- regressions found by the model (fixed in DiskBackend) ----------------------
 def test_disk_move_onto_the_directory_holding_the_source_raises_is_a_directory_error(tmp_path: Path) -> None:
     disk = DiskBackend(root=tmp_path)
     disk.save(b"data", "x/a.bin")
@@ -107,7 +95,6 @@ def test_disk_backend_agrees_with_the_model(tmp_path: Path) -> None:
         components=MIXED_COMPONENTS,
         kind_of=mixed_kind,
         bad_paths=BAD_PATHS + ROOTED_BAD_PATHS,
-        known_defects=(disk_move_onto_ancestor, disk_listing_below_a_file),
     )
     run_state_machine_as_test(StorageMachine.bound(config), settings=machine_settings(80, 1000))
 
