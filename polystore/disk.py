@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import json
 import os
@@ -30,8 +31,10 @@ TEMP_PREFIX = ".polystore-tmp-"
 
 _FORMATS = {".npy": "npy", ".npz": "npz", ".json": "json", ".txt": "txt", ".tif": "tiff", ".tiff": "tiff"}
 
-#: From this size (bytes) on, arrays are written by numpy's own writer; see _npy_payload.
-_LARGE_ARRAY = 8 << 20
+#: Files of at least this many bytes are preallocated before writing; see _write_buffers.
+_PREALLOCATE_FROM = 8 << 20
+#: fallocate's mode: reserve the blocks without changing the file's size.
+_FALLOC_FL_KEEP_SIZE = 1
 
 #: What a writer gets: buffers to write in order, or a function writing to a binary file.
 _Payload = list[Any] | Callable[[io.BufferedIOBase], None]
@@ -164,15 +167,20 @@ class DiskBackend(StorageBackend):
         raw = self._create_temp(temp, parent, path)
         try:
             with raw:
-                if isinstance(payload, list):
-                    _write_buffers(raw.fileno(), payload)
-                else:
-                    stream = io.BufferedWriter(raw)
-                    payload(stream)
-                    stream.flush()
-                    stream.detach()  # leave closing to ``with raw``
-                if self.fsync:
-                    os.fsync(raw.fileno())
+                try:
+                    if isinstance(payload, list):
+                        _write_buffers(raw.fileno(), payload)
+                    else:
+                        stream = io.BufferedWriter(raw)
+                        payload(stream)
+                        stream.flush()
+                        stream.detach()  # leave closing to ``with raw``
+                    if self.fsync:
+                        os.fsync(raw.fileno())
+                except OSError as error:
+                    # The OS refused part-way (disk full, file size limit, I/O error).
+                    reason = error.strerror or str(error)
+                    raise OSError(error.errno, f"disk backend: writing failed part-way ({reason}); the path is unchanged", str(path)) from error
             self._commit(temp, target, path, overwrite)
         except BaseException:
             _remove_if_present(temp)
@@ -485,13 +493,13 @@ def _checked_array(data: Any, path: PathLike, what: str) -> np.ndarray:
 def _npy_payload(array: np.ndarray) -> _Payload:
     """The .npy header and the raw data of ``array``, without copying it.
 
-    Small arrays go out in one ``writev``, which costs less than numpy's
-    writer; large ones through numpy's writer, whose ``tofile`` preallocates
-    the file and so writes faster (8.3 against 5.4 GB/s for 256 MiB on ext4).
+    Written with one ``writev``, which costs less than numpy's writer and
+    reports the OS's errors with their errno. Other arrays (non-contiguous,
+    or with a header too large for format 1.0) go through numpy's writer.
     """
     header = npy_format.header_data_from_array_1_0(array)
     contiguous = array.flags.c_contiguous or array.flags.f_contiguous
-    if contiguous and 0 < array.itemsize and array.nbytes < _LARGE_ARRAY:
+    if contiguous and array.itemsize:
         prefix = io.BytesIO()
         try:
             npy_format.write_array_header_1_0(prefix, header)
@@ -573,6 +581,13 @@ def _read_tiff(stream: io.BufferedReader, path: PathLike, options: dict[str, Any
 def _write_buffers(descriptor: int, buffers: list[Any]) -> None:
     """Write every buffer in order; a single write may stop short (over 2 GiB)."""
     views = [memoryview(buffer).cast("B") for buffer in buffers]
+    total = sum(len(view) for view in views)
+    fallocate = _fallocate() if total >= _PREALLOCATE_FROM else None
+    if fallocate is not None:
+        # As numpy's tofile does: reserving the blocks first makes large
+        # writes faster (ext4: 8 GB/s against 5.4 for 256 MiB). Only a hint,
+        # so its failure (a filesystem without fallocate) is ignored.
+        fallocate(descriptor, _FALLOC_FL_KEEP_SIZE, 0, total)
     written = os.writev(descriptor, views)
     for view in views:
         if written >= len(view):
@@ -582,6 +597,25 @@ def _write_buffers(descriptor: int, buffers: list[Any]) -> None:
         written = 0
         while view:
             view = view[os.write(descriptor, view):]
+
+
+@functools.cache
+def _fallocate() -> Callable[[int, int, int, int], int] | None:
+    """Linux's ``fallocate(2)`` through ctypes, or None where there is none.
+
+    ``os.posix_fallocate`` is no substitute: where the filesystem lacks
+    fallocate, glibc emulates it by writing every block, which is slow.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = getattr(libc, "fallocate64", None) or libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    function.restype = ctypes.c_int
+    return function
 
 
 def _fsync_directory(directory: str) -> None:
