@@ -195,9 +195,7 @@ def test_a_save_the_os_refuses_part_way_raises_and_leaves_old_data_and_no_temp_f
 @pytest.mark.parametrize(
     "backend_name",
     [
-        pytest.param("disk", marks=pytest.mark.xfail(strict=True, reason=(
-            "defect: a disk save refused part-way raises numpy's bare OSError('... requested and ... written'), "
-            "without the path or errno EFBIG"))),
+        "disk",
         pytest.param("zarr", marks=pytest.mark.xfail(strict=True, reason=(
             "defect: a zarr save refused part-way raises the bare OSError(EFBIG) of the chunk write, without the path"))),
     ],
