@@ -29,3 +29,12 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks --quick
+
+# The whole suite with the reliability tests at deep sizes (POLYSTORE_DEEP=1:
+# many more model-based examples, races, killed writers and killed workers),
+# then the failure report they counted into (tests/reliability_report.py).
+test-deep: $(STAMP)
+	ledger=$$(mktemp -d) && status=0 && \
+	{ POLYSTORE_DEEP=1 POLYSTORE_RELIABILITY_DIR=$$ledger $(BIN)/python -m pytest -q tests || status=$$?; } && \
+	{ $(BIN)/python tests/reliability_report.py $$ledger || status=1; } && \
+	rm -rf $$ledger && exit $$status
