@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 errors[label] = f"{type(error).__name__}: {error}"
                 continue
             for result in area_results:
-                ratio = "" if result.ratio is None else f" ratio {result.ratio:.2f}"
+                ratio = "" if result.ratio is None else f" ratio {result.ratio.median:.2f}"
                 verdict = "" if result.met is None else (" met" if result.met else " MISSED")
                 print(f"  {result.row:>3} {result.title}: {result.ours.median:,.1f} {result.unit}{ratio}{verdict}", file=sys.stderr)
             print(f"  ({time.perf_counter() - area_started:.1f} s)", file=sys.stderr, flush=True)

@@ -95,17 +95,21 @@ def _met(result: Result) -> str:
 
 def _table(results: list[Result]) -> list[str]:
     lines = [
-        "| row | benchmark | unit | ours | ours: median (min–max) | baseline | baseline: median (min–max) | ratio ours/baseline | target | result | note |",
+        "| row | benchmark | unit | ours | ours: median (min–max) | baseline | baseline: median (min–max) "
+        "| ratio ours/baseline: median (min–max) | target | result | note |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        ratio = "–" if r.ratio is None else f"**{r.ratio:.2f}**"
-        lines.append(
-            f"| {r.row} | {r.title} | {r.unit} | `{r.ours_label}` | {_stats(r.ours)} | "
-            f"{f'`{r.baseline_label}`' if r.baseline_label else '–'} | {_stats(r.baseline)} | {ratio} | "
-            f"{r.target or '–'} | {_met(r)} | {r.note} |"
-        )
+        cells = [
+            r.row, r.title, r.unit, _code(r.ours_label), _stats(r.ours), _code(r.baseline_label),
+            _stats(r.baseline), _stats(r.ratio), r.target or "–", _met(r), r.note,
+        ]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return lines
+
+
+def _code(label: str) -> str:
+    return f"`{label}`" if label else "–"
 
 
 def render(bench: Bench, results: list[Result], errors: dict[str, str], command: str) -> str:
@@ -128,9 +132,12 @@ def render(bench: Bench, results: list[Result], errors: dict[str, str], command:
         f"- Each row runs ours and its baseline alternately in one process: {bench.warmup} warm-up run of each, "
         f"then timed reps in ABBA order ({bench.reps} reps for rows 1-3, {bench.heavy_reps} for rows 4-9, "
         "which move 1 GiB per run or start Dask tasks).",
-        "- Figures are the median and the spread (min–max) of the timed reps. The ratio is the median "
-        "throughput of ours over the baseline's, so above 1 means ours is faster (for ns/op rows: "
-        "baseline time over ours).",
+        "- Figures are the median and the spread (min–max) of the timed reps. The ratio is a throughput "
+        "ratio, ours over baseline, so above 1 means ours is faster (for ns/op rows: baseline time over "
+        "ours). It is taken per rep, between the runs of ours and of the baseline that ran next to each "
+        "other, and the target is judged on the median of those ratios: load from other work on the "
+        "machine drifts over a run and mostly cancels within a pair. The note gives the ratio of the "
+        "two medians as well.",
         "- Inputs are made once and reused (fresh memory after idle is slow on this VM); each save writes "
         "to a fresh directory under one scratch directory on /tmp, deleted after the rep, outside the timing.",
         *(f"- {note}" for _, note in sorted(bench.notes.items())),

@@ -52,7 +52,7 @@ def _result(row: str, title: str, ours: tuple[str, list[float]], baseline: tuple
         ours=ours_stats,
         baseline_label=baseline[0],
         baseline=baseline_stats,
-        ratio=baseline_stats.median / ours_stats.median,
+        ratio=Stats.paired_ratio(ours[1], baseline[1]),
         target=f"overhead <= {MAX_OVERHEAD_NS:.0f} ns/op",
         met=overhead <= MAX_OVERHEAD_NS,
         note=f"overhead {overhead:.0f} ns/op",
