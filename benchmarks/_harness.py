@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Bench", "Result", "RssSampler", "Stats", "Trial", "compare", "measure", "timed"]
+__all__ = ["GiB", "MiB", "Bench", "Result", "RssSampler", "Stats", "Trial", "compare", "measure", "throughput_result", "timed"]
 
 #: Prepares, times the measured operation, cleans up; returns seconds.
 Trial = Callable[[], float]
