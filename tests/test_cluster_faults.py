@@ -32,7 +32,7 @@ from tests._reliability_workers import identify, token_data
 
 pytestmark = pytest.mark.cluster
 
-TRIALS = scaled(2, 12)
+TRIALS = scaled(4, 12)
 SHAPE, CHUNKS = (512, 512), (32, 512)  # int64: 2 MiB in 16 blocks
 BATCH, ITEM = 24, 8192  # 24 arrays of 64 KiB
 

@@ -209,7 +209,7 @@ def test_dask_file_manager_on_memory_agrees_with_the_model(cluster: tuple[Client
         leading_slash=True,
         avoid=(dask_memory_root_queries, dask_memory_writes_onto_directories),
     )
-    run_state_machine_as_test(StorageMachine.bound(config), settings=machine_settings(6, 60, 15, 30))
+    run_state_machine_as_test(StorageMachine.bound(config), settings=machine_settings(6, 40, 15, 25))
 
 
 @pytest.mark.cluster
@@ -223,4 +223,4 @@ def test_dask_file_manager_on_disk_agrees_with_the_model(cluster: tuple[Client, 
         kind_of=mixed_kind,
         bad_paths=BAD_PATHS + ROOTED_BAD_PATHS,
     )
-    run_state_machine_as_test(StorageMachine.bound(config), settings=machine_settings(6, 60, 15, 30))
+    run_state_machine_as_test(StorageMachine.bound(config), settings=machine_settings(6, 40, 15, 25))
