@@ -56,7 +56,8 @@ def save_array(
     """Build (and with ``compute``, run) the graph writing ``x``; see :meth:`DaskFileManager.save_array`."""
     x = _as_dask_array(x)
     if backend == MEMORY:
-        return _save_to_memory(manager, x, path, overwrite, compute)
+        # Blocks are kept as they are; ``chunks`` sets their shape, shards and compressor do not apply.
+        return _save_to_memory(manager, x if chunks is None else x.rechunk(chunks), path, overwrite, compute)
     token = uuid.uuid4().hex
     origin = origin_of(backend)
     if chunks is None:

@@ -395,7 +395,9 @@ class DaskFileManager:
             ``"zarr"`` (default), ``"memory"``, or another backend with
             ``create_array`` and region saves.
         chunks, shards, compressor
-            As for :meth:`ZarrBackend.create_array`.
+            As for :meth:`ZarrBackend.create_array`. For ``memory``,
+            ``chunks`` is the shape of the kept blocks (``x`` is rechunked
+            to it) and the other two do not apply.
         overwrite
             Replace an existing array; without it an existing path raises
             ``FileExistsError``.

@@ -187,6 +187,13 @@ def test_memory_save_array_without_compute_and_overwrite(client, dfm, tmp_path):
     assert sorted(sum(memory_blocks(client, key).values(), [])) == ["0.0", "1.0", "2.0"]
 
 
+def test_memory_save_array_keeps_blocks_of_the_chunks_asked_for(client, dfm, tmp_path):
+    key = f"{tmp_path.name}/c"
+    dfm.save_array(sample(), key, "memory", chunks=(300, 500))
+    assert sorted(sum(memory_blocks(client, key).values(), [])) == ["0.0", "1.0"]
+    assert dfm.load_array(key, "memory").chunks == ((300, 300), (500,))
+
+
 def test_memory_load_array_of_a_missing_path_raises_file_not_found(dfm, tmp_path):
     with pytest.raises(FileNotFoundError, match="save_array"):
         dfm.load_array(f"{tmp_path.name}/none", "memory")
