@@ -26,7 +26,7 @@ from polystore._paths import normalize_key
 from polystore.errors import UnsupportedFormatError
 from polystore_dask.plugin import get_registry, registry_of
 from polystore_dask.routing import Workers, run_everywhere
-from polystore_dask.tasks import Owner, check_owner, lost_error, origin_of, resolve
+from polystore_dask.tasks import Owner, check_owner, is_rerun, lost_error, origin_of, resolve
 
 if TYPE_CHECKING:
     import os
@@ -234,10 +234,15 @@ def create_array(
             f"save_array cannot write to the {backend!r} backend: it has no create_array for "
             "chunk-by-chunk writes; use 'zarr' or 'memory'"
         )
-    array = target.create_array(
-        resolve(path, backend, registry, origin), shape, dtype, chunks,
-        shards=shards, compressor=compressor, overwrite=overwrite,
-    )
+    where = resolve(path, backend, registry, origin)
+    try:
+        array = target.create_array(where, shape, dtype, chunks, shards=shards, compressor=compressor, overwrite=overwrite)
+    except FileExistsError:
+        # Run again after its worker died: the first attempt's (empty) array will do.
+        stat = target.stat(where) if is_rerun(get_worker()) else {}
+        if stat.get("shape") != tuple(shape) or stat.get("dtype") != dtype:
+            raise
+        return {"chunks": tuple(stat["chunks"]), "shards": stat.get("shards")}
     return {"chunks": tuple(array.chunks), "shards": None if array.shards is None else tuple(array.shards)}
 
 

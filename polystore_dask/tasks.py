@@ -15,6 +15,7 @@ import posixpath
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 from distributed import get_worker
 from distributed.worker import Worker
 
@@ -30,6 +31,7 @@ __all__ = [
     "collect",
     "delete_after",
     "delete_here",
+    "is_rerun",
     "join_batches",
     "lost_error",
     "origin_of",
@@ -37,6 +39,7 @@ __all__ = [
     "probe_listing",
     "probe_stat",
     "resolve",
+    "same_data",
     "save_loaded",
     "settle",
     "settle_deletes",
@@ -157,12 +160,67 @@ def call(
                 resolved[index] = [resolve(path, backend, registry, origin) for path in value]
             else:
                 resolved[index] = resolve(value, backend, registry, origin)
-        value = getattr(target, method)(*resolved, **kwargs)
+        try:
+            value = getattr(target, method)(*resolved, **kwargs)
+        except FileExistsError:
+            if method not in _SAVES or kwargs.get("overwrite") or not is_rerun(worker):
+                raise
+            value = _save_again(target, method, resolved, kwargs)
         if method == "list_files" and resolved[0] is not args[0]:
             value = _relative_to(value, os.fspath(resolved[0]), os.fspath(args[0]))
         return Outcome(value)
     except Exception as error:
         return Outcome(error=error)
+
+
+#: The methods whose re-run after a worker died may find its own earlier writes.
+_SAVES = frozenset({"save", "save_batch"})
+
+
+def is_rerun(worker: Worker) -> bool:
+    """Whether the task running here was sent to a worker before (one that died running it).
+
+    distributed runs a task again when its worker dies (or when its result is
+    lost with its worker), so a save can find what its own first attempt
+    wrote. Asked only after such a conflict, so it costs nothing otherwise.
+    """
+    from distributed import get_client
+
+    key = worker.get_current_task()
+    return get_client().run_on_scheduler(_times_sent_to_a_worker, key=key) > 1
+
+
+def _times_sent_to_a_worker(key: Any, dask_scheduler: Any) -> int:
+    return sum(1 for event in dask_scheduler.story(key) if event[0] == key and event[2] == "processing")
+
+
+def _save_again(target: Any, method: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+    """Finish a re-run save: items already stored with the same data count as saved (by the first attempt)."""
+    if method == "save":
+        pairs = [(args[0], args[1])]
+    else:
+        pairs = list(zip(args[0], args[1]))
+    for data, path in pairs:
+        try:
+            target.save(data, path, **kwargs)
+        except FileExistsError:
+            if not same_data(target.load(path), data):
+                raise
+
+
+def same_data(stored: Any, data: Any) -> bool:
+    """Whether ``stored`` (as loaded back) is ``data`` (same type, dtype, shape and values)."""
+    if isinstance(data, (bytearray, memoryview)):
+        data = bytes(data)
+    if isinstance(data, (np.ndarray, np.generic)):
+        data = np.asarray(data)
+        return (
+            isinstance(stored, np.ndarray)
+            and stored.dtype == data.dtype
+            and stored.shape == data.shape
+            and np.array_equal(stored, data)
+        )
+    return type(stored) is type(data) and stored == data
 
 
 def _paths_in(args: tuple[Any, ...], path_args: tuple[int, ...]) -> list[Any]:

@@ -121,3 +121,26 @@ def test_a_task_waiting_for_a_worker_that_dies_does_not_hang():
         client.cancel(busy)
         with pytest.raises(FileNotFoundError, match=owner):
             pending.result(timeout=PATIENCE)
+
+
+def rerun_flag(marker: str) -> bool:
+    """First run: leave ``marker`` and hang (to be killed); a run after that: whether it is a re-run."""
+    from distributed import get_worker
+
+    from polystore_dask.tasks import is_rerun
+
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        time.sleep(PATIENCE)
+    return is_rerun(get_worker())
+
+
+def test_a_task_knows_it_is_run_again_after_its_worker_died(client, tmp_path):
+    (tmp_path / "done-before").touch()
+    assert client.submit(rerun_flag, str(tmp_path / "done-before"), pure=False).result(timeout=PATIENCE) is False
+    marker = tmp_path / "started"
+    running = client.submit(rerun_flag, str(marker), pure=False)
+    wait_until(marker.exists, "the first run to start")
+    where = next(address for address, keys in client.processing().items() if running.key in keys)
+    kill_worker(client, where)
+    assert running.result(timeout=PATIENCE) is True

@@ -158,6 +158,15 @@ def test_errors_are_the_backends_own(dfm, backend, place):
         dfm.copy(place("once"), place("once"), backend).result()
 
 
+def test_saving_the_same_data_twice_without_overwrite_is_refused(dfm, backend, place):
+    data = np.arange(3.0)
+    dfm.save(data, place("twice"), backend).result()
+    with pytest.raises(FileExistsError):
+        dfm.save(data, place("twice"), backend).result()
+    with pytest.raises(FileExistsError):
+        dfm.save_batch([data], [place("twice")], backend).result()
+
+
 def test_unknown_backend_raises_backend_not_found(dfm, tmp_path):
     with pytest.raises(BackendNotFoundError, match="nosuch"):
         dfm.save(np.ones(1), str(tmp_path / "a"), "nosuch").result()
