@@ -100,6 +100,10 @@ def _many_small_arrays(bench: Bench, fm: FileManager) -> list[Result]:
 def run(bench: Bench, rows: set[str]) -> list[Result]:
     """Measure the selected rows among 1 (one large array) and 2 (many small arrays)."""
     fm = FileManager(BackendRegistry())
+    bench.notes["1-2"] = (
+        "Rows 1-2: `DiskBackend()` with default options (no fsync, like `np.save`); loads read files "
+        "written once before the reps, so from the page cache, for both sides."
+    )
     results = []
     if "1" in rows:
         results += _one_large_array(bench, fm)
