@@ -51,11 +51,9 @@ class MemoryBackend(StorageBackend):
         if isinstance(data, np.ndarray):
             if data.dtype.hasobject:
                 raise UnsupportedFormatError(f"memory backend: cannot store an object array at {str(path)!r}; convert it to a numeric dtype")
-            if copy or data.flags.writeable:
-                stored = data.copy() if copy else data.view()
-                stored.flags.writeable = False
-            else:
-                stored = data
+            # Marking the array read-only is left to load: flipping the flag
+            # costs more than the copy of a small array.
+            stored = data.copy() if copy else data
         elif isinstance(data, (bytearray, memoryview)):
             stored = bytes(data)
         elif isinstance(data, _STORABLE):
@@ -65,14 +63,16 @@ class MemoryBackend(StorageBackend):
                 f"memory backend: cannot store {type(data).__name__} at {str(path)!r}; "
                 "it stores numpy arrays, bytes, str and dict"
             )
-        parent = key.rpartition("/")[0]
         with self._lock:
-            if key in self._dirs:
+            if key in self._files:
+                if not overwrite:
+                    raise FileExistsError(errno.EEXIST, "memory backend: path exists; pass overwrite=True to replace it", str(path))
+            elif key in self._dirs:
                 raise IsADirectoryError(errno.EISDIR, "memory backend: a directory exists at this path", str(path))
-            if key in self._files and not overwrite:
-                raise FileExistsError(errno.EEXIST, "memory backend: path exists; pass overwrite=True to replace it", str(path))
-            if parent not in self._dirs:
-                self._make_dirs(parent, path)
+            else:
+                parent = key.rpartition("/")[0]
+                if parent not in self._dirs:
+                    self._make_dirs(parent, path)
             self._files[key] = stored
 
     def _make_dirs(self, key: str, path: PathLike) -> None:
@@ -134,8 +134,8 @@ class MemoryBackend(StorageBackend):
             if target in self._files and not overwrite:
                 raise FileExistsError(errno.EEXIST, "memory backend: destination exists; pass overwrite=True to replace it", str(dst))
             self._make_dirs(posixpath.dirname(target), dst)
-            # Stored arrays are read-only and dicts are copied on load, so
-            # the copy can share the stored object.
+            # Loads hand out read-only views and copies of dicts, so the
+            # copy can share the stored object.
             self._files[target] = self._files[source]
             if not keep_source and source != target:
                 del self._files[source]
@@ -151,7 +151,9 @@ class MemoryBackend(StorageBackend):
                 raise IsADirectoryError(errno.EISDIR, "memory backend: this path is a directory", str(path)) from None
             raise self._missing(path) from None
         if isinstance(stored, np.ndarray):
-            return stored.view()
+            view = stored.view()
+            view.setflags(write=False)
+            return view
         if isinstance(stored, dict):
             return copying.deepcopy(stored)
         return stored
