@@ -38,6 +38,8 @@ __all__ = ["load_array", "save_array"]
 MEMORY = "memory"
 #: Where a memory array keeps its layout, inside the array's directory.
 LAYOUT = ".array"
+#: The scheduler metadata entry noting which worker keeps each block of each memory array.
+_METADATA = "polystore-memory-arrays"
 
 
 # -- client side -----------------------------------------------------------
@@ -138,14 +140,18 @@ def load_array(manager: DaskFileManager, path: Any, backend: str, chunks: Any) -
 
 def _load_from_memory(manager: DaskFileManager, path: Any, chunks: Any, token: str) -> da.Array:
     key = normalize_key(path, MEMORY)
+    recorded = {
+        kept: Owner(*owner) for kept, owner in manager.client.get_metadata([_METADATA, key], default={}).items()
+    }
+    workers = Workers(manager.client)
     layout, holders = None, {}
     for address, (worker_id, found, names) in sorted(run_everywhere(manager.client, probe_array, key).items()):
         layout = layout or found
         for block_name in names:
             holders.setdefault(block_name, Owner(address, worker_id))
     if layout is None:
-        keeper = manager._owners.get(_join(key, LAYOUT))
-        if keeper is not None:
+        keeper = manager._owners.get(_join(key, LAYOUT)) or recorded.get(_join(key, LAYOUT))
+        if keeper is not None and not workers.alive(keeper):
             raise lost_error(str(path), keeper)
         raise FileNotFoundError(
             errno.ENOENT, f"memory backend: no worker keeps an array saved by save_array here (no {LAYOUT!r} inside)", str(path)
@@ -156,11 +162,10 @@ def _load_from_memory(manager: DaskFileManager, path: Any, chunks: Any, token: s
     # is a view of what that worker keeps, so nothing is copied. (Pinning lazy
     # tasks instead would not hold: dask's graph fusion drops annotations.)
     name = f"polystore-load_array-{token}"
-    workers = Workers(manager.client)
     layer = {}
     for index, _ in _blocks(stored):
         block_path = _block_path(key, index)
-        owner = holders.get(block_path) or manager._owners.get(block_path)
+        owner = holders.get(block_path) or manager._owners.get(block_path) or recorded.get(block_path)
         pin = workers.pin(owner)
         layer[(name, *index)] = manager.client.submit(
             read_memory_block, block_path, owner, key=f"{name}-{'.'.join(map(str, index))}", pure=False,
@@ -278,10 +283,18 @@ def store_block(block: np.ndarray, block_path: str) -> Owner:
 
 
 def store_layout(owners: list[Owner], key: str, layout: dict[str, Any], block_paths: list[str]) -> dict[str, Owner]:
-    """Keep the array's layout beside its blocks; return which worker keeps each block and the layout."""
+    """Keep the array's layout beside its blocks; return which worker keeps each block and the layout.
+
+    The same is noted in the scheduler's metadata, which outlives any worker:
+    a later load names the worker that kept a block that is gone.
+    """
+    from distributed import get_client
+
     worker = get_worker()
     registry_of(worker)[MEMORY].save(layout, _join(key, LAYOUT), overwrite=True)
-    return {**dict(zip(block_paths, owners)), _join(key, LAYOUT): Owner(worker.address, worker.id)}
+    kept = {**dict(zip(block_paths, owners)), _join(key, LAYOUT): Owner(worker.address, worker.id)}
+    get_client().set_metadata([_METADATA, key], {path: list(owner) for path, owner in kept.items()})
+    return kept
 
 
 def read_memory_block(block_path: str, owner: Owner | None) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -144,3 +145,26 @@ def test_a_task_knows_it_is_run_again_after_its_worker_died(client, tmp_path):
     where = next(address for address, keys in client.processing().items() if running.key in keys)
     kill_worker(client, where)
     assert running.result(timeout=PATIENCE) is True
+
+
+def holding(client, key: str) -> dict[str, list[str]]:
+    """Each worker's memory entries inside ``key``."""
+
+    def names(dask_worker):
+        backend = dask_worker.plugins["polystore"].registry["memory"]
+        return backend.list_dir(key) if backend.is_dir(key) else []
+
+    return client.run(names)
+
+
+@pytest.mark.parametrize("lost", ["the layout", "a block"])
+def test_a_memory_array_saved_without_compute_names_the_worker_it_lost(client, dfm, tmp_path, lost):
+    key = f"{tmp_path.name}/arr"
+    dask.compute(dfm.save_array(da.ones((40, 40), chunks=(5, 40)), key, "memory", compute=False))
+    held = holding(client, key)
+    victim = next(address for address, names in held.items() if (".array" in names) == (lost == "the layout") and names)
+    kill_worker(client, victim)
+    client.wait_for_workers(2, timeout=PATIENCE)
+    with pytest.raises(FileNotFoundError, match="left or restarted") as caught:
+        dfm.load_array(key, "memory").sum().compute()
+    assert victim in str(caught.value)
