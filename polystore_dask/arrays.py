@@ -308,18 +308,19 @@ def read_memory_block(block_path: str, owner: Owner | None) -> np.ndarray:
 def probe_array(key: str, *, dask_worker: Any) -> tuple[str, dict[str, Any] | None, list[str]]:
     """For ``client.run``: this worker's id, the array's layout if kept here, and its blocks kept here."""
     backend = registry_of(dask_worker)[MEMORY]
-    if not backend.is_dir(key):
+    directory = key or "/"
+    if not backend.is_dir(directory):
         return dask_worker.id, None, []
     layout_path = _join(key, LAYOUT)
     layout = backend.load(layout_path) if backend.is_file(layout_path) else None
-    names = [name for name in backend.list_dir(key) if name != LAYOUT]
+    names = [name for name in backend.list_dir(directory) if name != LAYOUT]
     return dask_worker.id, layout, [_join(key, name) for name in names]
 
 
 def drop_here(key: str, *, dask_worker: Any) -> None:
     """For ``client.run``: delete ``key`` and everything under it from this worker's memory."""
     try:
-        registry_of(dask_worker)[MEMORY].delete(key, recursive=True)
+        registry_of(dask_worker)[MEMORY].delete(key or "/", recursive=True)
     except FileNotFoundError:
         pass
 

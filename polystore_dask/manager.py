@@ -187,8 +187,8 @@ class DaskFileManager:
     def delete(self, path: PathLike, backend: str, *, recursive: bool = False) -> Future:
         """Delete a file or directory; see :meth:`FileManager.delete`.
 
-        On ``memory`` a directory (or a path the manager has not seen) is
-        deleted on every worker that has it.
+        On ``memory`` a file is deleted on the worker keeping it; a directory
+        (or a path the manager has not seen) on every worker that has it.
         """
         key = self._key(path, backend)
         options = {"recursive": recursive}
@@ -198,7 +198,7 @@ class DaskFileManager:
                 path_args=(0,), origin=origin_of(backend), writes=[key],
             )
         owner = self._owners.get(key[1])
-        if owner is not None:
+        if owner is not None and not self._owners.keepers_inside(key[1]):
             future = self._run(
                 "delete", call, MEMORY, "delete", (path,), options,
                 path_args=(0,), owner=owner, writes=[key], pin=Workers(self.client).pin(owner),

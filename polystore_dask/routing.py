@@ -6,6 +6,7 @@ import errno
 import itertools
 import posixpath
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -67,6 +68,8 @@ class MemoryOwners:
     def __init__(self, client: Client) -> None:
         self.client = client
         self._owners: dict[str, Owner] = {}
+        #: For each directory: how many paths inside it each owner keeps.
+        self._inside: dict[str, Counter[Owner]] = {}
         self._lock = threading.Lock()
         self._turn = itertools.count()
 
@@ -76,17 +79,38 @@ class MemoryOwners:
 
     def set(self, key: str, owner: Owner) -> None:
         with self._lock:
+            self._drop(key)
             self._owners[key] = owner
+            for ancestor in _ancestors(key):
+                self._inside.setdefault(ancestor, Counter())[owner] += 1
 
     def forget(self, key: str, owner: Owner | None, *, inside: bool = False) -> None:
         """Drop ``key`` (and with ``inside`` every key under it) if still owned by ``owner``."""
         with self._lock:
             if owner is None or self._owners.get(key) == owner:
-                self._owners.pop(key, None)
+                self._drop(key)
             if inside:
                 prefix = key + "/" if key else ""
                 for other in [other for other in self._owners if other.startswith(prefix)]:
-                    del self._owners[other]
+                    self._drop(other)
+
+    def _drop(self, key: str) -> None:
+        """Remove ``key``'s owner and its counts in the directories above (lock held)."""
+        owner = self._owners.pop(key, None)
+        if owner is None:
+            return
+        for ancestor in _ancestors(key):
+            counts = self._inside[ancestor]
+            counts[owner] -= 1
+            if counts[owner] <= 0:
+                del counts[owner]
+            if not counts:
+                del self._inside[ancestor]
+
+    def keepers_inside(self, key: str) -> list[Owner]:
+        """The workers keeping paths inside ``key`` (for which ``key`` is a directory)."""
+        with self._lock:
+            return sorted(self._inside.get(key, ()))
 
     def live(self, key: str, workers: Workers) -> Owner | None:
         """The owner of ``key`` if its process is still in the cluster."""
@@ -103,19 +127,22 @@ class MemoryOwners:
     def choose(self, key: str, workers: Workers, data: Any = None) -> Owner:
         """The worker a new path goes to.
 
-        Where its data (a Future) already is; else the owner of the nearest
-        ancestor path the table knows (so saving below a file fails there as
-        it should); else the next worker in turn.
+        If ``key`` is a directory on some worker, or one of its ancestors a
+        file, that worker, so that the save fails there as it should;
+        else where its data (a Future) already is; else the next worker in turn.
         """
-        if isinstance(data, Future):
-            holder = self.holder(data, workers)
-            if holder is not None:
-                return holder
+        for keeper in self.keepers_inside(key):
+            if workers.alive(keeper):
+                return keeper
         with self._lock:
             for ancestor in _ancestors(key):
                 owner = self._owners.get(ancestor)
                 if workers.alive(owner):
                     return owner
+        if isinstance(data, Future):
+            holder = self.holder(data, workers)
+            if holder is not None:
+                return holder
         return self.next_worker(workers)
 
     def holder(self, data: Future, workers: Workers) -> Owner | None:

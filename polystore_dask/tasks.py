@@ -303,7 +303,10 @@ def settle_deletes(outcomes: Sequence[Outcome], path: str) -> None:
 def probe_kinds(keys: Sequence[str], *, dask_worker: Worker) -> tuple[str, dict[str, str | None]]:
     """For ``client.run``: this worker's id and, per key, ``"file"``, ``"dir"`` or None."""
     backend = registry_of(dask_worker)["memory"]
-    kinds = {key: "file" if backend.is_file(key) else "dir" if backend.is_dir(key) else None for key in keys}
+    kinds = {}
+    for key in keys:
+        path = key or "/"  # the root's key is "", which is not a valid path
+        kinds[key] = "file" if backend.is_file(path) else "dir" if backend.is_dir(path) else None
     return dask_worker.id, kinds
 
 
@@ -311,7 +314,7 @@ def probe_stat(path: str, *, dask_worker: Worker) -> tuple[str, dict[str, Any] |
     """For ``client.run``: this worker's id and its stat of ``path`` (None if missing)."""
     backend = registry_of(dask_worker)["memory"]
     try:
-        return dask_worker.id, backend.stat(path)
+        return dask_worker.id, backend.stat(path or "/")
     except FileNotFoundError:
         return dask_worker.id, None
 

@@ -361,3 +361,33 @@ def test_relative_disk_paths_are_taken_from_the_client_directory(client, dfm, tm
     dfm.save(np.arange(2), "rel/b.zarr", "zarr").result()
     assert (tmp_path / "rel" / "b.zarr" / "zarr.json").is_file()
     assert dfm.list_files("rel", "zarr") == ["rel/b.zarr"]
+
+
+# -- memory directories across workers ----------------------------------------------
+def test_memory_root_answers_as_the_memory_backend_does(dfm):
+    assert dfm.exists(".", "memory") is True
+    assert dfm.is_dir("/", "memory") is True
+    assert dfm.stat(".", "memory")["type"] == "directory"
+    with pytest.raises(IsADirectoryError):
+        dfm.load(".", "memory").result()
+
+
+def test_memory_save_onto_a_directory_kept_by_another_worker_is_refused(client, dfm, tmp_path):
+    first, second = worker_addresses(client)
+    directory = f"{tmp_path.name}/d"
+    dfm.save(client.submit(make_array, 1.0, workers=[first], pure=False), f"{directory}/a", "memory").result()
+    with pytest.raises(IsADirectoryError):
+        dfm.save(client.submit(make_array, 2.0, workers=[second], pure=False), directory, "memory").result()
+    assert dfm.is_file(directory, "memory") is False
+
+
+def test_memory_recursive_delete_reaches_every_worker(client, dfm, tmp_path):
+    first, second = worker_addresses(client)
+    directory = f"{tmp_path.name}/d"
+    dfm.save(client.submit(make_array, 1.0, workers=[first], pure=False), f"{directory}/a", "memory")
+    dfm.save(client.submit(make_array, 2.0, workers=[second], pure=False), f"{directory}/b", "memory")
+    with pytest.raises(IsADirectoryError):
+        dfm.save(np.ones(1), directory, "memory").result()
+    dfm.delete(directory, "memory", recursive=True).result()
+    assert dfm.exists(directory, "memory") is False
+    assert memory_paths_on(client, tmp_path.name) == {first: [], second: []}
