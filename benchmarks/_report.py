@@ -130,7 +130,7 @@ def render(bench: Bench, results: list[Result], errors: dict[str, str], command:
         "",
         f"- Mode: {'quick (tiny sizes, checks the code runs; the figures mean nothing)' if bench.quick else 'full'}.",
         f"- Each row runs ours and its baseline alternately in one process: {bench.warmup} warm-up run of each, "
-        f"then timed reps in ABBA order ({bench.reps} reps for rows 1-3, {bench.heavy_reps} for rows 4-9, "
+        f"then timed reps in ABBA order, an even number so each side runs first in a pair equally often ({bench.reps} reps for rows 1-3, {bench.heavy_reps} for rows 4-9, "
         "which move 1 GiB per run or start Dask tasks).",
         "- Figures are the median and the spread (min–max) of the timed reps. The ratio is a throughput "
         "ratio, ours over baseline, so above 1 means ours is faster (for ns/op rows: baseline time over "
