@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ from distributed.scheduler import KilledWorker
 
 from polystore import DiskBackend
 from polystore_dask import DaskFileManager, PolystorePlugin
-from tests._cluster import PATIENCE, cluster_client, wait_until, worker_addresses
+from tests._cluster import PATIENCE, cluster_client, wait_until
 from tests._reliability_ledger import DEEP, record, scaled
 from tests._reliability_workers import identify, token_data
 
@@ -39,7 +40,10 @@ BATCH, ITEM = 24, 8192  # 24 arrays of 64 KiB
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Client]:
-    with cluster_client(2) as client:
+    # LocalCluster closes a worker's nanny for good if no worker of that name is
+    # back lost-worker-timeout after a loss; with kills seconds apart, one can
+    # land just then. Kills here are the test's own, so never give up on a worker.
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "1h"}), cluster_client(2) as client:
         # The slow backend is imported on the workers only (see tests/_reliability_slow_backend.py).
         client.register_plugin(PolystorePlugin(imports=["tests._reliability_slow_backend"]))
         yield client

@@ -4,9 +4,10 @@ Each test runs :class:`StorageMachine` (tests/_reliability_machine.py)
 against one backend: Hypothesis draws sequences of save, load, exists,
 delete, copy, move, ensure_directory, list_files, list_dir, stat and bad
 inputs, and after every step the backend and the model must agree on
-results, exception types, the whole tree and the data. Default sizes are
-seeded (``derandomize``) and small; ``POLYSTORE_DEEP=1`` runs many more,
-randomly seeded.
+results, exception types, the whole tree and the data. A smaller run drives
+DaskFileManager (memory and disk) on a LocalCluster the same way. Default
+sizes are seeded (``derandomize``) and small; ``POLYSTORE_DEEP=1`` runs many
+more, randomly seeded.
 """
 
 from __future__ import annotations

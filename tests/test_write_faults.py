@@ -13,7 +13,6 @@ zarr, so each trial costs a fork rather than a fresh interpreter.
 
 from __future__ import annotations
 
-import errno
 import multiprocessing
 import os
 import posixpath
@@ -99,7 +98,6 @@ def test_a_writer_killed_at_a_random_point_of_a_save_leaves_old_or_new_data_whol
     backend = make_backend(backend_name, str(tmp_path))
     rng = random.Random(None if DEEP else 20261126)
     area = f"faults: {backend_name} killed writer"
-    outcomes: dict[str, int] = {}
     for trial in range(KILL_TRIALS):
         first_save = trial % 4 == 3  # also kill saves creating a new path, not only overwrites
         path = f"trial{trial}/data{suffix}"
@@ -117,16 +115,12 @@ def test_a_writer_killed_at_a_random_point_of_a_save_leaves_old_or_new_data_whol
         after = rng.uniform(0, 0.02) if trial % 3 == 2 else 0.0
         killed = kill_at_progress(writer, tmp_path / posixpath.dirname(path), int(share * size * 8), after)
         assert writer.exitcode in (0, -signal.SIGKILL)
-        outcome = check_after_kill(backend_name, tmp_path, path, first_save, area, killed)
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        check_after_kill(backend_name, tmp_path, path, first_save, area, killed)
     assert temp_entries(tmp_path) == []
-    # Which states were hit depends on timing; with these sizes most kills land mid-save.
-    assert sum(outcomes.values()) == KILL_TRIALS, outcomes
-    print(f"{backend_name}: states after the kills: {outcomes}")
 
 
-def check_after_kill(backend_name: str, root: Path, path: str, first_save: bool, area: str, killed: bool) -> str:
-    """Judge the state a killed writer left at ``path``; return which state it was."""
+def check_after_kill(backend_name: str, root: Path, path: str, first_save: bool, area: str, killed: bool) -> None:
+    """Judge the state a killed writer left at ``path``: old or new data, whole, or nothing for a first save."""
     size, _, options = SETUPS[backend_name]
     backend = make_backend(backend_name, str(root))
     directory, name = posixpath.split(path)
@@ -153,7 +147,6 @@ def check_after_kill(backend_name: str, root: Path, path: str, first_save: bool,
     assert temp_entries(root / directory) == []
     assert backend.list_dir(directory) == [name]
     record(area, operations=5)
-    return f"{state}{' + leftovers' if leftovers else ''}"
 
 
 def refuse_save(
