@@ -9,6 +9,7 @@ import errno
 import os
 import posixpath
 import shutil
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -38,6 +39,8 @@ __all__ = ["ZarrBackend", "default_chunks"]
 
 #: How often a load starts again when the array is replaced while being read.
 _READ_ATTEMPTS = 5
+#: How many opened arrays a backend keeps for reuse (cleared when full).
+_OPENED_LIMIT = 64
 
 
 class ZarrBackend(StorageBackend):
@@ -95,6 +98,11 @@ class ZarrBackend(StorageBackend):
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root: Path | None = None if root is None else Path(os.path.realpath(root))
         self._tree = ArrayTree(self.root)
+        # Opened arrays by (directory, mode, directory identity): opening reads
+        # zarr.json, which costs as much as a tenth of reading a 4 MiB chunk.
+        # An overwrite swaps the directory, so its identity changes with it.
+        self._opened: dict[tuple[Path, str, Any], zarr.Array] = {}
+        self._opened_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"ZarrBackend(root={None if self.root is None else str(self.root)!r})"
@@ -304,8 +312,23 @@ class ZarrBackend(StorageBackend):
         return self._tree.cleanup(top, older_than)
 
     # -- reading ---------------------------------------------------------
-    def _open(self, target: Path, path: PathLike, mode: str) -> zarr.Array:
-        """Open the array at ``target``, or raise the error that says why not."""
+    def _open(self, target: Path, path: PathLike, mode: str, identity: Any = None) -> zarr.Array:
+        """Open the array at ``target`` (reusing one opened before), or raise the error that says why not.
+
+        ``identity`` is :func:`directory_identity` of ``target`` when the
+        caller has it already.
+        """
+        key = (target, mode, directory_identity(target) if identity is None else identity)
+        array = self._opened.get(key)
+        if array is None:
+            array = self._open_anew(target, path, mode)
+            with self._opened_lock:
+                if len(self._opened) >= _OPENED_LIMIT:
+                    self._opened.clear()
+                self._opened[key] = array
+        return array
+
+    def _open_anew(self, target: Path, path: PathLike, mode: str) -> zarr.Array:
         zarr = import_zarr()
         from zarr.storage import LocalStore
 
@@ -349,7 +372,7 @@ class ZarrBackend(StorageBackend):
             # we read (chunk files are opened by name), read again.
             before = directory_identity(target)
             try:
-                result = self._read(target, path, selection)
+                result = self._read(target, path, selection, before)
             except Exception:
                 if directory_identity(target) == before or attempt == _READ_ATTEMPTS - 1:
                     raise
@@ -362,8 +385,8 @@ class ZarrBackend(StorageBackend):
             str(path),
         )
 
-    def _read(self, target: Path, path: PathLike, selection: Any) -> np.ndarray:
-        array = self._open(target, path, mode="r")
+    def _read(self, target: Path, path: PathLike, selection: Any, identity: Any) -> np.ndarray:
+        array = self._open(target, path, mode="r", identity=identity)
         try:
             return np.asarray(array[selection])
         except OSError:

@@ -377,3 +377,19 @@ def test_without_root_relative_paths_follow_the_working_directory(tmp_path: Path
     monkeypatch.chdir(tmp_path)
     ZarrBackend().save(sample(), "rel.zarr")
     assert json.loads((tmp_path / "rel.zarr" / "zarr.json").read_text())["node_type"] == "array"
+
+
+def test_a_reused_opened_array_never_serves_a_replaced_or_recreated_one(backend: ZarrBackend) -> None:
+    backend.save(sample((40, 30)), "reused.zarr", chunks=(10, 10))
+    np.testing.assert_array_equal(backend.load("reused.zarr"), sample((40, 30)))
+    replacement = np.arange(12, dtype="int16").reshape(3, 4)
+    backend.save(replacement, "reused.zarr", overwrite=True)
+    np.testing.assert_array_equal(backend.load("reused.zarr"), replacement)
+    backend.delete("reused.zarr")
+    with pytest.raises(FileNotFoundError):
+        backend.load("reused.zarr")
+    backend.save(sample((5, 5), "float64"), "reused.zarr")
+    loaded = backend.load("reused.zarr")
+    assert loaded.dtype == np.float64 and loaded.shape == (5, 5)
+    backend.save(np.ones((5, 5)), "reused.zarr", region=(slice(0, 5), slice(0, 5)))
+    np.testing.assert_array_equal(backend.load("reused.zarr"), np.ones((5, 5)))
