@@ -68,19 +68,14 @@ class MachineConfig:
         Release it (remove its files) at the end of the example.
     components
         The path components paths are made of (depth 1 to 3).
-    kinds
-        ``kind_of(name)``: the kind of data saved at a name (by its suffix).
+    kind_of
+        The kind of data saved at a name (by its suffix).
     bad_paths
         Paths the store must refuse, with their error types.
     leading_slash
         Whether ``/a/b`` means ``a/b`` (key-style stores).
     check_data_every_step
         Load every file after every step (else only on load and at the end).
-    avoid
-        ``avoid(operation, paths, model)`` for each reported defect: true
-        skips a step that would hit it, so the run goes on to find others.
-        Each such defect has its own strict-xfail regression test; remove
-        the hook when the defect is fixed.
     """
 
     area: str
@@ -91,7 +86,6 @@ class MachineConfig:
     bad_paths: Sequence[tuple[Any, type[BaseException]]] = BAD_PATHS
     leading_slash: bool = False
     check_data_every_step: bool = True
-    avoid: Sequence[Callable[[str, Sequence[str], ModelFilesystem], bool]] = ()
     universe: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -169,8 +163,6 @@ class StorageMachine(RuleBasedStateMachine):
         check: Callable[[Any, Any], None] | None = None,
     ) -> None:
         """Run ``operation`` on the model and the store; fail unless they agree, errors included."""
-        if any(avoided(operation, paths, self.model) for avoided in self.config.avoid):
-            return
         self.operations += 1
         try:
             expected: Any = expect()

@@ -94,18 +94,11 @@ def outcome_of(future: Future) -> BaseException | None:
     return None
 
 
-def assert_clear(error: BaseException, *names: str, retried_batch: bool = False) -> None:
-    """A clear error: the cluster gave up on a task, or a lost memory path named with its worker.
-
-    With ``retried_batch``, also the FileExistsError of a batch task re-run
-    after its worker died, for an item the killed attempt wrote (a defect,
-    pinned by test_a_save_batch_retried_after_its_worker_died_does_not_refuse_its_own_items).
-    """
+def assert_clear(error: BaseException, *names: str) -> None:
+    """A clear error: the cluster gave up on a task, or a lost memory path named with its worker."""
     if isinstance(error, KilledWorker):
         return
     if isinstance(error, FileNotFoundError) and "left or restarted" in str(error) and any(name in str(error) for name in names):
-        return
-    if retried_batch and isinstance(error, FileExistsError) and error.filename in names:
         return
     raise AssertionError(f"not a clear error: {type(error).__name__}: {error}")
 
@@ -184,7 +177,7 @@ def test_save_batch_with_a_worker_killed_midway_leaves_each_item_whole_missing_o
         error = outcome_of(future)
         recover(client)
         if error is not None:
-            assert_clear(error, *paths, retried_batch=True)
+            assert_clear(error, *paths)
         lost = 0
         for item, path in zip(items, paths):
             try:
@@ -202,9 +195,6 @@ def test_save_batch_with_a_worker_killed_midway_leaves_each_item_whole_missing_o
         check_memory_paths_take_new_data(dfm, backend, paths)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: a save_batch task re-run after its worker died raises FileExistsError "
-    "for items the killed attempt wrote (the call's own data)"))
 def test_a_save_batch_retried_after_its_worker_died_does_not_refuse_its_own_items(client: Client, tmp_path: Path) -> None:
     dfm = DaskFileManager(client)
     items = [token_data(index + 1, ITEM) for index in range(8)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,7 @@ from polystore_dask import DaskFileManager, PolystorePlugin
 from tests._cluster import cluster_client
 from tests._reliability_ledger import DEEP, scaled
 from tests._reliability_machine import BAD_PATHS, ROOTED_BAD_PATHS, MachineConfig, StorageMachine
-from tests._reliability_model import ManagerAdapter, ModelFilesystem, key_of
+from tests._reliability_model import ManagerAdapter
 
 #: Names paths are made of on backends storing every kind: the suffix picks the kind.
 MIXED_COMPONENTS = ("a.npy", "b.npy", "c.bin", "d.json", "e.txt")
@@ -143,22 +143,7 @@ def empty_memory(store: ManagerAdapter) -> None:
         fresh.delete(name, recursive=True)
 
 
-# Defects of DaskFileManager on memory found by the model: each pinned by a
-# strict-xfail test below and avoided by the model run until fixed.
-_ROOT_QUERIES = {"load", "exists", "is_file", "is_dir", "stat", "copy", "move"}
-
-
-def dask_memory_root_queries(operation: str, paths: Sequence[str], model: ModelFilesystem) -> bool:
-    """Defect: exists/is_dir/stat/load/copy/move of the root ('.', '/') raise InvalidPathError."""
-    return operation in _ROOT_QUERIES and any(key_of(path) == "" for path in paths)
-
-
-def dask_memory_writes_onto_directories(operation: str, paths: Sequence[str], model: ModelFilesystem) -> bool:
-    """Defects: a save onto a directory kept by another worker succeeds; a failed one records an owner,
-    and a later delete of the directory then runs on that worker only, leaving it on the others."""
-    return operation in ("save", "copy", "move") and key_of(paths[-1]) in model.dirs
-
-
+# Regressions found by the model (fixed in polystore_dask).
 @pytest.fixture
 def dfm(cluster: tuple[Client, Path]) -> Iterator[DaskFileManager]:
     client, _ = cluster
@@ -168,7 +153,6 @@ def dfm(cluster: tuple[Client, Path]) -> Iterator[DaskFileManager]:
 
 
 @pytest.mark.cluster
-@pytest.mark.xfail(strict=True, reason="defect: DaskFileManager memory queries of the root path raise InvalidPathError")
 def test_dask_memory_queries_of_the_root_answer_as_the_memory_backend_does(dfm: DaskFileManager) -> None:
     assert dfm.exists(".", "memory") is True
     assert dfm.is_dir("/", "memory") is True
@@ -178,7 +162,6 @@ def test_dask_memory_queries_of_the_root_answer_as_the_memory_backend_does(dfm: 
 
 
 @pytest.mark.cluster
-@pytest.mark.xfail(strict=True, reason="defect: DaskFileManager memory save onto a directory kept by another worker succeeds")
 def test_dask_memory_save_onto_a_directory_kept_by_another_worker_raises_is_a_directory_error(dfm: DaskFileManager) -> None:
     dfm.save(b"inside", "q/a", "memory").result()  # q is a directory on the first worker in turn
     with pytest.raises(IsADirectoryError):
@@ -187,7 +170,6 @@ def test_dask_memory_save_onto_a_directory_kept_by_another_worker_raises_is_a_di
 
 
 @pytest.mark.cluster
-@pytest.mark.xfail(strict=True, reason="defect: DaskFileManager memory delete of a directory runs only on the path's recorded owner")
 def test_dask_memory_recursive_delete_removes_the_directory_from_every_worker(dfm: DaskFileManager) -> None:
     dfm.save(b"1", "q/a", "memory").result()  # on the first worker in turn
     dfm.save(b"2", "q/b", "memory").result()  # on the second
@@ -208,7 +190,6 @@ def test_dask_file_manager_on_memory_agrees_with_the_model(cluster: tuple[Client
         components=MIXED_COMPONENTS,
         kind_of=mixed_kind,
         leading_slash=True,
-        avoid=(dask_memory_root_queries, dask_memory_writes_onto_directories),
     )
     run_state_machine_as_test(StorageMachine.bound(config), settings=machine_settings(6, 40, 15, 25))
 
