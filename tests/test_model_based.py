@@ -19,10 +19,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from distributed import Client
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
-
-from distributed import Client
 
 from polystore import DiskBackend, MemoryBackend, ZarrBackend
 from polystore_dask import DaskFileManager, PolystorePlugin
