@@ -197,3 +197,12 @@ def test_memory_save_array_keeps_blocks_of_the_chunks_asked_for(client, dfm, tmp
 def test_memory_load_array_of_a_missing_path_raises_file_not_found(dfm, tmp_path):
     with pytest.raises(FileNotFoundError, match="save_array"):
         dfm.load_array(f"{tmp_path.name}/none", "memory")
+
+
+def test_load_array_names_a_corrupt_chunk_file(dfm, tmp_path):
+    path = tmp_path / "corrupt.zarr"
+    dfm.save_array(sample(), str(path))
+    (path / "c" / "1" / "0").write_bytes(b"not zstd")
+    lazy = dfm.load_array(str(path))
+    with pytest.raises(ValueError, match="c/1/0"):
+        lazy.compute()
