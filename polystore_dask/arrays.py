@@ -10,9 +10,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +25,6 @@ from distributed import get_worker
 
 from polystore._paths import normalize_key
 from polystore.errors import UnsupportedFormatError
-from polystore.zarr_backend import ZarrBackend
 from polystore_dask.plugin import get_registry, registry_of
 from polystore_dask.routing import Workers, run_everywhere
 from polystore_dask.tasks import Owner, check_owner, is_rerun, lost_error, origin_of, resolve
@@ -42,10 +39,6 @@ MEMORY = "memory"
 LAYOUT = ".array"
 #: The scheduler metadata entry noting which worker keeps each block of each memory array.
 _METADATA = "polystore-memory-arrays"
-#: Zarr arrays opened for recent load_array calls in this worker process, by (call, path).
-_OPENED: OrderedDict[tuple[str, str], Any] = OrderedDict()
-_OPENED_KEPT = 16
-_OPENED_LOCK = threading.Lock()
 
 
 # -- client side -----------------------------------------------------------
@@ -137,7 +130,7 @@ def load_array(manager: DaskFileManager, path: Any, backend: str, chunks: Any) -
     # follows (the chunk step of a sum) into one task per block.
     axes = tuple(range(len(shape)))
     layer = blockwise(
-        read_block, name, axes, ArraySliceDep(chunks), axes, backend, None, path, None, origin, None, token, None,
+        read_block, name, axes, ArraySliceDep(chunks), axes, backend, None, path, None, origin, None,
         numblocks={}, _data_producer=True,
     )
     graph = HighLevelGraph.from_collections(name, layer, dependencies=())
@@ -275,44 +268,15 @@ def array_info(backend: str, path: Any, origin: str | None) -> dict[str, Any]:
     return {"shape": stat["shape"], "dtype": np.dtype(stat["dtype"]), "chunks": stat["chunks"]}
 
 
-def read_block(region: tuple[slice, ...], backend: str, path: Any, origin: str | None, token: str) -> np.ndarray:
-    """Read one block of the array at ``path`` (for the ``load_array`` call ``token``)."""
-    registry = get_registry()
-    target = registry[backend]
-    where = resolve(path, backend, registry, origin)
-    opened = _opened_once(target, where, token)
-    if opened is not None:
-        try:
-            return np.asarray(opened[region])
-        except Exception:
-            pass  # read it through the backend, which retries or says what is wrong
-    return target.load(where, region=region)
+def read_block(region: tuple[slice, ...], backend: str, path: Any, origin: str | None) -> np.ndarray:
+    """Read one block of the array at ``path``.
 
-
-def _opened_once(target: Any, where: Any, token: str) -> Any:
-    """The zarr array at ``where``, opened once per ``load_array`` call in this worker (None if not zarr).
-
-    Opening (reading ``zarr.json``) costs about 0.5 ms, a few percent of
-    reading a 4 MiB chunk: ``dask.array.from_zarr`` opens once per graph,
-    and so does this. ZarrBackend opens (and confines) arrays only
-    internally, hence its private ``_open``.
+    The zarr backend keeps the arrays it opened, so reading many blocks of
+    one array reads its ``zarr.json`` once per worker, as
+    ``dask.array.from_zarr`` does once per graph.
     """
-    if type(target) is not ZarrBackend:
-        return None
-    key = (token, os.fspath(where))
-    with _OPENED_LOCK:
-        if key in _OPENED:
-            _OPENED.move_to_end(key)
-            return _OPENED[key]
-    try:
-        opened = target._open(target._tree.resolve(where), where, mode="r")
-    except Exception:
-        return None
-    with _OPENED_LOCK:
-        _OPENED[key] = opened
-        while len(_OPENED) > _OPENED_KEPT:
-            _OPENED.popitem(last=False)
-    return opened
+    registry = get_registry()
+    return registry[backend].load(resolve(path, backend, registry, origin), region=region)
 
 
 def store_block(block: np.ndarray, block_path: str) -> Owner:
