@@ -11,17 +11,15 @@ import posixpath
 import shutil
 import stat as stat_module
 import time
-import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from numpy.lib import format as npy_format
 
+from polystore._disk_formats import FORMATS, Payload, encode, read_npy, read_npz, read_tiff
 from polystore._paths import as_path_string, confine, filter_names
 from polystore.backend import PathLike, StorageBackend, check_batch_lengths
-from polystore.errors import InvalidPathError, UnsupportedFormatError
+from polystore.errors import InvalidPathError
 
 __all__ = ["DiskBackend"]
 
@@ -29,15 +27,10 @@ __all__ = ["DiskBackend"]
 #: :meth:`DiskBackend.cleanup` removes the ones a killed writer left behind.
 TEMP_PREFIX = ".polystore-tmp-"
 
-_FORMATS = {".npy": "npy", ".npz": "npz", ".json": "json", ".txt": "txt", ".tif": "tiff", ".tiff": "tiff"}
-
 #: Files of at least this many bytes are preallocated before writing; see _write_buffers.
 _PREALLOCATE_FROM = 8 << 20
 #: fallocate's mode: reserve the blocks without changing the file's size.
 _FALLOC_FL_KEEP_SIZE = 1
-
-#: What a writer gets: buffers to write in order, or a function writing to a binary file.
-_Payload = list[Any] | Callable[[io.BufferedIOBase], None]
 
 
 class DiskBackend(StorageBackend):
@@ -149,18 +142,18 @@ class DiskBackend(StorageBackend):
     def save(self, data: Any, path: PathLike, *, overwrite: bool = False, **kwargs: Any) -> None:
         # docstring inherited
         target = self._resolve(path)
-        self._write(_encode(data, target, path, kwargs), target, path, overwrite)
+        self._write(encode(data, target, path, kwargs), target, path, overwrite)
 
     def save_batch(self, data_list: Sequence[Any], paths: Sequence[PathLike], *, overwrite: bool = False, **kwargs: Any) -> None:
         # docstring inherited
         # Every path and item is checked before the first file is written.
         check_batch_lengths(data_list, paths, self.name)
         targets = self._resolve_all(paths)
-        payloads = [_encode(data, target, path, kwargs) for data, target, path in zip(data_list, targets, paths)]
+        payloads = [encode(data, target, path, kwargs) for data, target, path in zip(data_list, targets, paths)]
         for payload, target, path in zip(payloads, targets, paths):
             self._write(payload, target, path, overwrite)
 
-    def _write(self, payload: _Payload, target: str, path: PathLike, overwrite: bool) -> None:
+    def _write(self, payload: Payload, target: str, path: PathLike, overwrite: bool) -> None:
         """Write ``payload`` to a temporary sibling of ``target``, then move it into place."""
         parent, name = os.path.split(target)
         temp = os.path.join(parent, f"{TEMP_PREFIX}{os.urandom(8).hex()}-{name[:200]}")
@@ -311,16 +304,16 @@ class DiskBackend(StorageBackend):
         return [self._read(target, path, kwargs) for target, path in zip(self._resolve_all(paths), paths)]
 
     def _read(self, target: str, path: PathLike, kwargs: dict[str, Any]) -> Any:
-        kind = _FORMATS.get(os.path.splitext(target)[1].lower(), "bytes")
+        kind = FORMATS.get(os.path.splitext(target)[1].lower(), "bytes")
         if kwargs and kind != "tiff":
             raise TypeError(f"disk backend: load got unexpected options {sorted(kwargs)}; only .tif/.tiff files take options")
         with self._open_for_reading(target, path) as stream:
             if kind == "tiff":
-                return _read_tiff(stream, path, kwargs)
+                return read_tiff(stream, path, kwargs)
             if kind == "npy":
-                return _read_npy(stream, path)
+                return read_npy(stream, path)
             if kind == "npz":
-                return _read_npz(stream, path)
+                return read_npz(stream, path)
             content = stream.read()
         if kind == "bytes":
             return content
@@ -434,149 +427,6 @@ class DiskBackend(StorageBackend):
 
 
 # -- formats -------------------------------------------------------------
-def _encode(data: Any, target: str, path: PathLike, options: dict[str, Any]) -> _Payload:
-    """Check ``data`` against the suffix of ``target`` and return what to write."""
-    kind = _FORMATS.get(os.path.splitext(target)[1].lower(), "bytes")
-    if options and kind != "tiff":
-        raise TypeError(f"disk backend: save got unexpected options {sorted(options)}; only .tif/.tiff files take options")
-    if kind == "bytes":
-        if isinstance(data, (bytes, bytearray)):
-            return [data]
-        if isinstance(data, memoryview):
-            return [data if data.c_contiguous else data.tobytes()]
-        raise _unsupported(data, path, "raw bytes (bytes, bytearray or memoryview)")
-    if kind == "txt":
-        if isinstance(data, str):
-            return [data.encode("utf-8")]
-        raise _unsupported(data, path, "a str")
-    if kind == "json":
-        if not isinstance(data, (dict, list)):
-            raise _unsupported(data, path, "a dict or list")
-        try:
-            return [json.dumps(data, ensure_ascii=False).encode("utf-8")]
-        except (TypeError, ValueError) as error:
-            raise UnsupportedFormatError(f"disk backend: cannot save {str(path)!r} as JSON: {error}") from error
-    if kind == "npz":
-        if not isinstance(data, dict) or not all(isinstance(key, str) for key in data):
-            raise _unsupported(data, path, "a dict of str keys to numpy arrays")
-        arrays = {key: _checked_array(value, path, f"the value of {key!r}") for key, value in data.items()}
-        return lambda stream: _write_npz(stream, arrays)
-    array = _checked_array(data, path, "the data")
-    if kind == "tiff":
-        tifffile = _import_tifffile()
-        return lambda stream: tifffile.imwrite(stream, array, **options)
-    return _npy_payload(array)
-
-
-def _unsupported(data: Any, path: PathLike, expected: str) -> UnsupportedFormatError:
-    suffix = os.path.splitext(os.fspath(path))[1] or "(no suffix)"
-    return UnsupportedFormatError(
-        f"disk backend: cannot save {type(data).__name__} to {str(path)!r}: {suffix} files hold {expected}. "
-        "The suffix picks the format: arrays go to .npy, .npz or .tif, dicts to .json, "
-        "str to .txt, bytes to any other suffix (such as .bin)"
-    )
-
-
-def _checked_array(data: Any, path: PathLike, what: str) -> np.ndarray:
-    if isinstance(data, np.generic):
-        data = np.asarray(data)
-    if not isinstance(data, np.ndarray):
-        raise _unsupported(data, path, f"numpy arrays, and {what} is not one (convert it with np.asarray)")
-    if data.dtype.hasobject:
-        raise UnsupportedFormatError(
-            f"disk backend: cannot save an object array ({what}, dtype {data.dtype}) to {str(path)!r}: "
-            "pickles are never written; convert it to a numeric, bytes or fixed-width str dtype"
-        )
-    return data
-
-
-def _npy_payload(array: np.ndarray) -> _Payload:
-    """The .npy header and the raw data of ``array``, without copying it.
-
-    Written with one ``writev``, which costs less than numpy's writer and
-    reports the OS's errors with their errno. Other arrays (non-contiguous,
-    or with a header too large for format 1.0) go through numpy's writer.
-    """
-    header = npy_format.header_data_from_array_1_0(array)
-    contiguous = array.flags.c_contiguous or array.flags.f_contiguous
-    if contiguous and array.itemsize:
-        prefix = io.BytesIO()
-        try:
-            npy_format.write_array_header_1_0(prefix, header)
-        except ValueError:
-            pass  # a header too large for format 1.0; numpy picks the version below
-        else:
-            flat = (array.T if header["fortran_order"] else array).reshape(-1)
-            return [prefix.getvalue(), flat.view(np.uint8)]
-    return lambda stream: npy_format.write_array(stream, array, allow_pickle=False)
-
-
-def _write_npz(stream: io.BufferedIOBase, arrays: dict[str, np.ndarray]) -> None:
-    # What np.savez does, minus its keyword arguments (a key named "file"
-    # or "allow_pickle" would collide with them).
-    with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for key, array in arrays.items():
-            with archive.open(key + ".npy", "w", force_zip64=True) as member:
-                npy_format.write_array(member, array, allow_pickle=False)
-
-
-def _read_npy(stream: io.BufferedReader, path: PathLike) -> np.ndarray:
-    """Read a .npy file straight into a new array (``readinto``, no extra copy)."""
-    try:
-        version = npy_format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran_order, dtype = npy_format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran_order, dtype = npy_format.read_array_header_2_0(stream)
-        else:
-            stream.seek(0)
-            return npy_format.read_array(stream, allow_pickle=False)
-        if dtype.hasobject:
-            raise ValueError("it holds pickled Python objects, which polystore never loads")
-        size = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-        available = os.fstat(stream.fileno()).st_size - stream.tell()
-        if available < size:
-            raise ValueError(f"it is truncated: the header announces {size} data bytes, the file holds {available}")
-        if fortran_order:
-            array = np.empty(shape[::-1], dtype).T
-            flat = array.T.reshape(-1)
-        else:
-            array = np.empty(shape, dtype)
-            flat = array.reshape(-1)
-        if size and stream.readinto(flat.view(np.uint8)) != size:
-            raise ValueError("it changed while being read")
-    except ValueError as error:
-        raise ValueError(f"disk backend: {str(path)!r} is not a readable .npy file: {error}") from error
-    return array
-
-
-def _read_npz(stream: io.BufferedReader, path: PathLike) -> dict[str, np.ndarray]:
-    try:
-        with np.lib.npyio.NpzFile(stream, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
-    except (ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise ValueError(f"disk backend: {str(path)!r} is not a readable .npz file: {error}") from error
-
-
-def _import_tifffile() -> Any:
-    try:
-        import tifffile
-    except ImportError as error:
-        raise ImportError(
-            "disk backend: .tif/.tiff files need the tifffile package; install it with "
-            "'pip install polystore[tiff]'"
-        ) from error
-    return tifffile
-
-
-def _read_tiff(stream: io.BufferedReader, path: PathLike, options: dict[str, Any]) -> np.ndarray:
-    tifffile = _import_tifffile()
-    try:
-        return tifffile.imread(stream, **options)
-    except ValueError as error:
-        raise ValueError(f"disk backend: {str(path)!r} is not a readable TIFF file: {error}") from error
-
-
 # -- low-level file helpers ----------------------------------------------
 def _write_buffers(descriptor: int, buffers: list[Any]) -> None:
     """Write every buffer in order; a single write may stop short (over 2 GiB)."""
