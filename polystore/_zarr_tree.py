@@ -169,7 +169,12 @@ class ArrayTree:
         self.make_directories(target.parent, path)
         temp = temp_sibling(target)
         try:
-            write(temp)
+            try:
+                write(temp)
+            except OSError as error:
+                # The OS's error names a chunk file of the temporary array;
+                # name the path the caller asked for instead.
+                raise OSError(error.errno, f"zarr backend: writing the array failed: {error.strerror or error}", str(path)) from error
             self.install(temp, target, path, overwrite)
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)

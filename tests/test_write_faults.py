@@ -189,8 +189,7 @@ def test_a_save_the_os_refuses_part_way_raises_and_leaves_old_data_and_no_temp_f
     "backend_name",
     [
         "disk",
-        pytest.param("zarr", marks=pytest.mark.xfail(strict=True, reason=(
-            "defect: a zarr save refused part-way raises the bare OSError(EFBIG) of the chunk write, without the path"))),
+        "zarr",
     ],
 )
 def test_the_error_of_a_save_the_os_refuses_names_the_path_and_the_cause(
