@@ -79,10 +79,14 @@ class MemoryOwners:
 
     def set(self, key: str, owner: Owner) -> None:
         with self._lock:
-            self._drop(key)
-            self._owners[key] = owner
-            for ancestor in _ancestors(key):
-                self._inside.setdefault(ancestor, Counter())[owner] += 1
+            self._record(key, owner)
+
+    def _record(self, key: str, owner: Owner) -> None:
+        """Make ``owner`` the owner of ``key``, counted in the directories above (lock held)."""
+        self._drop(key)
+        self._owners[key] = owner
+        for ancestor in _ancestors(key):
+            self._inside.setdefault(ancestor, Counter())[owner] += 1
 
     def forget(self, key: str, owner: Owner | None, *, inside: bool = False) -> None:
         """Drop ``key`` (and with ``inside`` every key under it) if still owned by ``owner``."""
@@ -163,9 +167,8 @@ class MemoryOwners:
         with self._lock:
             for key, (owner, kind) in found.items():
                 if kind == "file":
-                    self._owners[key] = owner
+                    self._record(key, owner)
         return found
-
 
     def kinds(self, key: str) -> list[str | None]:
         """What each worker has at ``key``: ``"file"``, ``"dir"`` or None."""

@@ -192,9 +192,6 @@ def test_dask_memory_save_onto_a_directory_made_by_ensure_directory_raises_is_a_
 
 
 @pytest.mark.cluster
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: MemoryOwners.locate records an owner without the directory counts set() keeps, "
-    "so a later save of that path raises KeyError"))
 def test_dask_memory_overwrite_of_a_path_another_manager_saved_succeeds(cluster: tuple[Client, Path]) -> None:
     client, _ = cluster
     first, second = DaskFileManager(client), DaskFileManager(client)
