@@ -178,11 +178,25 @@ class DaskFileManager:
                 path_args=(0,), origin=origin_of(backend), writes=[key],
             )
         workers = Workers(self.client)
-        owner = self._owners.live(key[1], workers) or self._owners.choose(key[1], workers)
-        return self._run(
-            "ensure_directory", call, MEMORY, "ensure_directory", (path,), {},
-            path_args=(0,), owner=owner, writes=[key], pin=[owner.address],
-        )
+        keeper = self._owners.live(key[1], workers) or self._owners.keeper_of_ancestor(key[1], workers)
+        if keeper is not None:
+            # A file is at the path or above it: fail where that file is.
+            return self._run(
+                "ensure_directory", call, MEMORY, "ensure_directory", (path,), {},
+                path_args=(0,), owner=keeper, writes=[key], pin=[keeper.address],
+            )
+        # Directories are made on every worker, so that a later save of this
+        # path fails with IsADirectoryError wherever it runs.
+        token = uuid.uuid4().hex
+        after = self._chains.waits([key], write=True)
+        parts = [
+            self._submit(f"polystore-ensure_directory-run-{token}-{index}", call, MEMORY, "ensure_directory", (path,), {},
+                         path_args=(0,), owner=each, after=after, pin=[each.address])
+            for index, each in enumerate(workers.running())
+        ]
+        barrier = self._submit(f"polystore-ensure_directory-run-{token}", collect, parts)
+        self._chains.add([key], barrier, write=True)
+        return self._submit(f"polystore-ensure_directory-{token}", settle, barrier)
 
     def delete(self, path: PathLike, backend: str, *, recursive: bool = False) -> Future:
         """Delete a file or directory; see :meth:`FileManager.delete`.

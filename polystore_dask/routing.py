@@ -138,16 +138,23 @@ class MemoryOwners:
         for keeper in self.keepers_inside(key):
             if workers.alive(keeper):
                 return keeper
-        with self._lock:
-            for ancestor in _ancestors(key):
-                owner = self._owners.get(ancestor)
-                if workers.alive(owner):
-                    return owner
+        owner = self.keeper_of_ancestor(key, workers)
+        if owner is not None:
+            return owner
         if isinstance(data, Future):
             holder = self.holder(data, workers)
             if holder is not None:
                 return holder
         return self.next_worker(workers)
+
+    def keeper_of_ancestor(self, key: str, workers: Workers) -> Owner | None:
+        """The live worker keeping a file at a directory above ``key``, if any."""
+        with self._lock:
+            for ancestor in _ancestors(key):
+                owner = self._owners.get(ancestor)
+                if workers.alive(owner):
+                    return owner
+        return None
 
     def holder(self, data: Future, workers: Workers) -> Owner | None:
         """A worker holding the result of ``data`` (None while it is being computed)."""

@@ -181,9 +181,6 @@ def test_dask_memory_recursive_delete_removes_the_directory_from_every_worker(df
 
 
 @pytest.mark.cluster
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: DaskFileManager memory save onto an empty directory made by ensure_directory "
-    "on another worker succeeds"))
 def test_dask_memory_save_onto_a_directory_made_by_ensure_directory_raises_is_a_directory_error(dfm: DaskFileManager) -> None:
     dfm.ensure_directory("d", "memory").result()  # on the first worker in turn
     with pytest.raises(IsADirectoryError):
