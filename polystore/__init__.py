@@ -7,7 +7,7 @@ zarr when it is first used.
 from __future__ import annotations
 
 from polystore.backend import ReadOnlyBackend, StorageBackend
-from polystore.disk import DiskBackend
+from polystore.backends.disk import DiskBackend
 from polystore.errors import (
     BackendNotFoundError,
     InvalidPathError,
@@ -16,9 +16,9 @@ from polystore.errors import (
     UnsupportedFormatError,
 )
 from polystore.manager import FileManager
-from polystore.memory import MemoryBackend
+from polystore.backends.memory import MemoryBackend
 from polystore.registry import BackendRegistry
-from polystore.zarr_backend import ZarrBackend
+from polystore.backends.zarr import ZarrBackend
 
 __version__ = "0.1.0"
 

@@ -23,7 +23,7 @@ from dask.layers import ArraySliceDep
 from dask.task_spec import List, Task, TaskRef
 from distributed import get_worker
 
-from polystore._paths import normalize_key
+from polystore.paths import normalize_key
 from polystore.errors import UnsupportedFormatError
 from polystore_dask.plugin import get_registry, registry_of
 from polystore_dask.routing import Workers, run_everywhere

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import Client, Future, wait
 
-from polystore._paths import as_path_string, normalize_key
+from polystore.paths import as_path_string, normalize_key
 from polystore.backend import PathLike, check_batch_lengths
 from polystore_dask import arrays
 from polystore_dask.batching import group_items, items_per_task, nbytes

@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 from polystore import MemoryBackend, ReadOnlyBackend, StorageBackend
-from polystore._paths import filter_names, normalize_key
+from polystore.paths import filter_names, normalize_key
 from polystore.backend import PathLike
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from polystore.backend import PathLike, check_batch_lengths
-from polystore.disk import DiskBackend
+from polystore.backends.disk import DiskBackend
 
 __all__ = ["SAVE_SECONDS", "SlowDiskBackend"]
 

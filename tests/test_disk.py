@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from polystore import DiskBackend, InvalidPathError, UnsupportedFormatError
-from polystore.disk import TEMP_PREFIX
+from polystore.backends.disk import TEMP_PREFIX
 from polystore.testing import BackendTests, assert_same_data
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from polystore import DiskBackend
-from polystore.disk import TEMP_PREFIX
+from polystore.backends.disk import TEMP_PREFIX
 from tests._disk_workers import overwrite_forever, race_to_save
 
 SPAWN = multiprocessing.get_context("spawn")

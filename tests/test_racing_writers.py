@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from polystore.disk import TEMP_PREFIX
+from polystore.backends.disk import TEMP_PREFIX
 from tests._reliability_ledger import record, scaled
 from tests._reliability_workers import drain, identify, make_backend, racer, read_until, reader, save_repeatedly, token_data
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from polystore.disk import TEMP_PREFIX
+from polystore.backends.disk import TEMP_PREFIX
 from tests._reliability_ledger import DEEP, record, scaled
 from tests._reliability_workers import drain, identify, make_backend, save_once, save_with_file_size_limit, token_data
 

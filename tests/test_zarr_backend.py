@@ -20,7 +20,7 @@ from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
 from polystore import BackendRegistry, FileManager, InvalidPathError, UnsupportedFormatError, ZarrBackend
 from polystore.testing import BackendTests
-from polystore.zarr_backend import default_chunks
+from polystore.backends.zarr.create import default_chunks
 
 MiB = 2**20
 

@@ -19,7 +19,7 @@ import pytest
 import zarr
 
 from polystore import ZarrBackend
-from polystore import _zarr_fs
+from polystore.backends.zarr import swap as _zarr_fs
 
 
 @pytest.fixture

@@ -15,27 +15,29 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from polystore._paths import filter_names
-from polystore._zarr_format import (
+from polystore.backend import PathLike, StorageBackend
+from polystore.backends.zarr.create import (
     as_array,
     compressor_name,
     compressors_for,
     create_zarr_array,
     default_chunks,
-    find_unreadable_chunk,
     import_zarr,
+)
+from polystore.backends.zarr.regions import (
+    find_unreadable_chunk,
     load_selection,
     settle_pending_writes,
     write_region,
 )
-from polystore._zarr_fs import directory_identity, discard, tree_size
-from polystore._zarr_tree import ARRAY, DIRECTORY, OTHER, ArrayTree
-from polystore.backend import PathLike, StorageBackend
+from polystore.backends.zarr.swap import directory_identity, discard, tree_size
+from polystore.backends.zarr.tree import ARRAY, DIRECTORY, OTHER, ArrayTree
+from polystore.paths import filter_names
 
 if TYPE_CHECKING:
     import zarr
 
-__all__ = ["ZarrBackend", "default_chunks"]
+__all__ = ["ZarrBackend"]
 
 #: How often a load starts again when the array is replaced while being read.
 _READ_ATTEMPTS = 5

@@ -15,8 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from polystore._paths import confine
-from polystore._zarr_fs import (
+from polystore.backends.zarr.swap import (
     TEMP_PREFIX,
     discard,
     is_array_dir,
@@ -26,6 +25,7 @@ from polystore._zarr_fs import (
 )
 from polystore.backend import PathLike
 from polystore.errors import InvalidPathError, UnsupportedFormatError
+from polystore.paths import confine
 
 __all__ = ["ARRAY", "DIRECTORY", "OTHER", "ArrayTree"]
 

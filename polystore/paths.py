@@ -1,8 +1,9 @@
-"""Path checks shared by the backends.
+"""Path helpers for backend authors: the checks every shipped backend uses.
 
-Two kinds of path exist in polystore: *keys* (memory and zarr-in-memory
-style, where ``a/b`` and ``/a/b`` are the same object) and *filesystem paths*
-(disk and zarr), optionally confined to a root directory.
+Two kinds of path exist in polystore: *keys* (memory style, where ``a/b``
+and ``/a/b`` are the same object) and *filesystem paths* (disk and zarr),
+optionally confined to a root directory. A backend of your own uses these
+so that it accepts, refuses and lists paths exactly as the shipped ones do.
 """
 
 from __future__ import annotations

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 
-from polystore._disk_formats import FORMATS, Payload, encode, read_npy, read_npz, read_tiff
-from polystore._paths import as_path_string, confine, filter_names
+from polystore.backends.formats import FORMATS, Payload, encode, read_npy, read_npz, read_tiff
 from polystore.backend import PathLike, StorageBackend, check_batch_lengths
 from polystore.errors import InvalidPathError
+from polystore.paths import as_path_string, confine, filter_names
 
 __all__ = ["DiskBackend"]
 

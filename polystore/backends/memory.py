@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from polystore._paths import filter_names, normalize_key
 from polystore.backend import PathLike, StorageBackend
 from polystore.errors import UnsupportedFormatError
+from polystore.paths import filter_names, normalize_key
 
 __all__ = ["MemoryBackend"]
 

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from polystore.disk import TEMP_PREFIX
+from polystore.backends.disk import TEMP_PREFIX
 
 __all__ = [
     "TEMP_PREFIX",
