@@ -10,15 +10,19 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from metaclass_registry import AutoRegisterMeta, RegistryFamily
 
 from polystore.errors import ReadOnlyError
+from polystore.paths import PathSpelling
 
-__all__ = ["PathLike", "ReadOnlyBackend", "StorageBackend"]
+__all__ = ["Locality", "PathLike", "ReadOnlyBackend", "StorageBackend"]
 
 PathLike = str | os.PathLike[str]
+
+#: Where a backend's data lives, as seen from the workers of a cluster.
+Locality = Literal["shared", "process", "host"]
 
 #: Every class registered by defining it, keyed by ``_backend_type``.
 #: A plain dict: metaclass-registry's discovery (and its on-disk cache, which
@@ -50,6 +54,18 @@ class StorageBackend(ABC, metaclass=AutoRegisterMeta):
     stored_kinds: ClassVar[frozenset[str]] = frozenset({"array", "bytes", "str", "dict"})
     #: Whether the backend accepts writes.
     supports_writes: ClassVar[bool] = True
+    #: Where the data lives: ``"shared"`` (every worker of a cluster sees the
+    #: same data: a shared filesystem, an object store), ``"process"`` (the
+    #: process that wrote it: memory) or ``"host"`` (the node that wrote it,
+    #: outliving the process: node-local scratch). ``polystore_dask`` routes
+    #: every operation by it.
+    locality: ClassVar[Locality] = "shared"
+    #: Whether the backend stores arrays by region: ``create_array(path,
+    #: shape, dtype, chunks, ...)``, ``save(block, path, region=...)`` and
+    #: ``load(path, region=...)``, with ``stat`` giving ``shape``, ``dtype``
+    #: and ``chunks`` (as zarr does). ``save_array`` writes such a backend
+    #: block by block.
+    supports_regions: ClassVar[bool] = False
 
     @property
     def name(self) -> str:
@@ -58,6 +74,18 @@ class StorageBackend(ABC, metaclass=AutoRegisterMeta):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+    @property
+    def path_spelling(self) -> PathSpelling:
+        """How this backend spells paths canonically (default: as keys, ``a/b`` is ``/a/b``).
+
+        Filesystem-like backends return ``PathSpelling("filesystem", root=...)``.
+        """
+        return PathSpelling("key")
+
+    def canonical_path(self, path: PathLike) -> str:
+        """The one spelling of ``path`` that every other spelling of the same object shares."""
+        return self.path_spelling.canonical(path, backend=self.name)
 
     # -- writing ---------------------------------------------------------
     @abstractmethod

@@ -11,11 +11,13 @@ from __future__ import annotations
 import fnmatch
 import os
 import posixpath
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from polystore.errors import InvalidPathError
 
-__all__ = ["as_path_string", "confine", "filter_names", "normalize_key"]
+__all__ = ["PathSpelling", "as_path_string", "confine", "filter_names", "normalize_key"]
 
 
 def as_path_string(path: str | os.PathLike[str], backend: str) -> str:
@@ -117,3 +119,46 @@ def filter_names(names: list[str], pattern: str | None, extensions: set[str] | N
         endings = tuple(ext.lower() for ext in extensions)
         names = [name for name in names if posixpath.basename(name).lower().endswith(endings)]
     return names
+
+
+@dataclass(frozen=True)
+class PathSpelling:
+    """How a backend spells a path canonically: one string for every spelling of one object.
+
+    It does no I/O and pickles small, so the Dask layer computes the same
+    canonical path on the client as a worker would, to order operations on
+    one path and to route them.
+
+    Parameters
+    ----------
+    kind
+        ``"key"``: ``a/b``, ``/a/b`` and ``a//b/`` are one object, spelled
+        ``"a/b"`` (memory style; see :func:`normalize_key`). ``"filesystem"``:
+        an absolute, normalised path; a relative path is taken relative to
+        ``root``, or without one to the ``base`` given to :meth:`canonical`.
+    root
+        For ``"filesystem"``: the directory relative paths belong to.
+
+    Examples
+    --------
+    >>> PathSpelling("key").canonical("/a//b/")
+    'a/b'
+    >>> PathSpelling("filesystem", root="/scratch").canonical("run/a.npy")
+    '/scratch/run/a.npy'
+    """
+
+    kind: Literal["key", "filesystem"] = "key"
+    root: str | None = None
+
+    def canonical(self, path: str | os.PathLike[str], base: str | None = None, backend: str = "storage") -> str:
+        """Return the canonical spelling of ``path``.
+
+        ``base`` is the directory a relative filesystem path is taken from
+        when there is no ``root`` (default: this process's working directory).
+        """
+        if self.kind == "key":
+            return normalize_key(path, backend)
+        text = as_path_string(path, backend)
+        if not posixpath.isabs(text):
+            text = posixpath.join(self.root or base or os.getcwd(), text)
+        return posixpath.normpath(text)

@@ -19,7 +19,7 @@ from typing import Any
 from polystore.backends.formats import FORMATS, Payload, encode, read_npy, read_npz, read_tiff
 from polystore.backend import PathLike, StorageBackend, check_batch_lengths
 from polystore.errors import InvalidPathError
-from polystore.paths import as_path_string, confine, filter_names
+from polystore.paths import PathSpelling, as_path_string, confine, filter_names
 
 __all__ = ["DiskBackend"]
 
@@ -104,6 +104,11 @@ class DiskBackend(StorageBackend):
 
     def __repr__(self) -> str:
         return f"DiskBackend(root={None if self.root is None else str(self.root)!r}, fsync={self.fsync})"
+
+    @property
+    def path_spelling(self) -> PathSpelling:
+        # docstring inherited
+        return PathSpelling("filesystem", None if self.root is None else str(self.root))
 
     def _resolve(self, path: PathLike) -> str:
         """Return the absolute filesystem path for ``path`` (confined to the root)."""

@@ -7,11 +7,11 @@ import errno
 import json
 import posixpath
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from polystore.backend import PathLike, StorageBackend
+from polystore.backend import Locality, PathLike, StorageBackend
 from polystore.errors import UnsupportedFormatError
 from polystore.paths import filter_names, normalize_key
 
@@ -33,6 +33,7 @@ class MemoryBackend(StorageBackend):
     """
 
     _backend_type = "memory"
+    locality: ClassVar[Locality] = "process"
 
     def __init__(self) -> None:
         self._files: dict[str, Any] = {}

@@ -32,7 +32,7 @@ from polystore.backends.zarr.regions import (
 )
 from polystore.backends.zarr.swap import directory_identity, discard, tree_size
 from polystore.backends.zarr.tree import ARRAY, DIRECTORY, OTHER, ArrayTree
-from polystore.paths import filter_names
+from polystore.paths import PathSpelling, filter_names
 
 if TYPE_CHECKING:
     import zarr
@@ -96,6 +96,7 @@ class ZarrBackend(StorageBackend):
 
     _backend_type = "zarr"
     stored_kinds: ClassVar[frozenset[str]] = frozenset({"array"})
+    supports_regions: ClassVar[bool] = True
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root: Path | None = None if root is None else Path(os.path.realpath(root))
@@ -108,6 +109,11 @@ class ZarrBackend(StorageBackend):
 
     def __repr__(self) -> str:
         return f"ZarrBackend(root={None if self.root is None else str(self.root)!r})"
+
+    @property
+    def path_spelling(self) -> PathSpelling:
+        # docstring inherited
+        return PathSpelling("filesystem", None if self.root is None else str(self.root))
 
     # -- writing ---------------------------------------------------------
     def save(
