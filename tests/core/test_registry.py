@@ -18,7 +18,7 @@ from metaclass_registry.testing import restored_registry
 from polystore import BackendNotFoundError, BackendRegistry, FileManager, MemoryBackend, StorageBackend
 from tests._custom_backends import CountingBackend
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

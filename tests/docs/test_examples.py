@@ -14,7 +14,7 @@ import pytest
 from polystore import BackendRegistry, FileManager
 from polystore.testing import BackendTests
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
 from custom_backend import GzipNpyBackend  # noqa: E402  (the examples directory is not a package)
