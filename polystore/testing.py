@@ -103,7 +103,7 @@ class BackendTests:
 
     def test_arrays_of_several_dtypes_round_trip(self, backend: StorageBackend) -> None:
         if "array" not in self.suffixes:
-            pytest.fail("kit misconfigured: this test is only collected for array backends")
+            pytest.skip(f"{type(self).__name__}.suffixes has no 'array': this backend stores no arrays")
         for dtype in ("uint8", "int32", "int64", "float64", "complex64", "bool"):
             data = (np.arange(30).reshape(5, 6) % 3).astype(dtype)
             path = self.path(f"dtype_{dtype}", "array")

@@ -487,7 +487,10 @@ def test_list_files_does_not_walk_into_symlinked_directories(disk: DiskBackend, 
 
 def test_move_across_filesystems_copies_then_removes_the_source(tmp_path: Path) -> None:
     shm = Path("/dev/shm")
-    assert shm.is_dir() and os.stat(shm).st_dev != os.stat(tmp_path).st_dev, "needs /dev/shm on another filesystem"
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        pytest.skip("needs a writable /dev/shm directory to move to; there is none here")
+    if os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than tmp_path; here both are on one filesystem")
     target = shm / f"polystore-test-{os.getpid()}-{time.monotonic_ns()}.npy"
     disk = DiskBackend()
     disk.save(np.arange(3), tmp_path / "a.npy")
