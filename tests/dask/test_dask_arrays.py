@@ -8,24 +8,20 @@ import numpy as np
 import pytest
 import zarr
 from dask.delayed import Delayed
-from distributed import get_task_stream
+from distributed import get_task_stream, wait
+from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
-from polystore_dask import DaskFileManager, PolystorePlugin
-from tests._cluster import cluster_client, worker_addresses
+from polystore_dask import PolystorePlugin
+from tests._cluster import worker_addresses
+from tests._recording_backends import region_name, writers_directory
 
 pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")
-def client():
-    with cluster_client(2) as client:
-        client.register_plugin(PolystorePlugin())
-        yield client
-
-
-@pytest.fixture
-def dfm(client):
-    return DaskFileManager(client)
+def polystore_plugin() -> PolystorePlugin:
+    # The recording zarr backend notes which worker wrote each region.
+    return PolystorePlugin(imports=["tests._recording_backends"])
 
 
 def sample(shape=(600, 500), chunks=(200, 250), dtype=np.float32) -> da.Array:
@@ -67,10 +63,32 @@ def test_save_array_is_exact_when_blocks_do_not_match_chunks_or_shards(dfm, tmp_
     assert_every_element_equal(stored[...], x.compute())
 
 
-def test_save_array_takes_compressor_and_numpy_input(dfm, tmp_path):
+#: Each compressor save_array offers (and leaving it out), with the zarr codecs it must store.
+COMPRESSORS = {
+    "default": ({}, [ZstdCodec]),
+    "zstd": ({"compressor": "zstd"}, [ZstdCodec]),
+    "blosc-lz4": ({"compressor": "blosc-lz4"}, [BloscCodec]),
+    "gzip": ({"compressor": "gzip"}, [GzipCodec]),
+    "none": ({"compressor": None}, []),
+}
+
+
+@pytest.mark.parametrize("offered", sorted(COMPRESSORS))
+def test_save_array_takes_compressor_and_numpy_input(dfm, tmp_path, offered):
+    keywords, codecs = COMPRESSORS[offered]
     data = np.arange(5000, dtype=np.int64).reshape(50, 100)
-    dfm.save_array(data, str(tmp_path / "c.zarr"), compressor=None, chunks=(10, 100))
-    assert_every_element_equal(zarr.open_array(str(tmp_path / "c.zarr"), mode="r")[...], data)
+    path = tmp_path / "c.zarr"
+    dfm.save_array(data, str(path), chunks=(10, 100), **keywords)
+    stored = zarr.open_array(str(path), mode="r")
+    assert_every_element_equal(stored[...], data)
+    assert [type(codec) for codec in stored.compressors] == codecs
+    if offered == "blosc-lz4":
+        assert stored.compressors[0].cname.value == "lz4"
+    # The chunk files are what the codecs made of them: raw bytes without one, fewer with one.
+    sizes = [chunk.stat().st_size for chunk in (path / "c").rglob("*") if chunk.is_file()]
+    assert len(sizes) == 5
+    raw = 10 * 100 * data.itemsize
+    assert all(size == raw for size in sizes) if not codecs else all(size < raw for size in sizes)
 
 
 def test_save_array_without_compute_returns_a_delayed_that_writes(dfm, tmp_path):
@@ -93,12 +111,35 @@ def test_save_array_refuses_an_existing_array_unless_overwrite(dfm, tmp_path):
     assert_every_element_equal(zarr.open_array(path, mode="r")[...], y.compute())
 
 
-def test_save_array_write_tasks_run_on_the_workers(client, dfm, tmp_path):
+def test_save_array_writes_each_block_on_the_worker_that_holds_it(client, dfm, tmp_path):
+    # Rows of blocks computed on alternate workers, so both workers hold blocks.
+    addresses = worker_addresses(client)
+    x = sample()
+    rows = [
+        client.persist(x.blocks[row], workers=[addresses[row % 2]], allow_other_workers=False)
+        for row in range(x.numblocks[0])
+    ]
+    held = client.persist(da.concatenate(rows, axis=0))
+    wait(held)
+    holders = {key: set(where) for key, where in client.who_has(held).items()}
+    assert set().union(*holders.values()) == set(addresses)
+    path = str(tmp_path / "f.zarr")
     with get_task_stream(client) as stream:
-        dfm.save_array(sample(), str(tmp_path / "f.zarr"))
+        dfm.save_array(held, path, "test_recording_zarr")
     writes = [entry for entry in stream.data if str(entry["key"]).startswith("('polystore-save_array-write-")]
     assert len(writes) == 3 * 2
-    assert {entry["worker"] for entry in writes} <= set(worker_addresses(client))
+    assert {entry["worker"] for entry in writes} <= set(addresses)
+    starts = [np.cumsum((0, *sizes)) for sizes in held.chunks]
+    expected = {}
+    for index in np.ndindex(*held.numblocks):
+        region = tuple(slice(int(starts[axis][i]), int(starts[axis][i + 1])) for axis, i in enumerate(index))
+        expected[region_name(region)] = holders[(held.name, *index)]
+    recorded = {record.name: record.read_text().split() for record in writers_directory(path).iterdir()}
+    assert sorted(recorded) == sorted(expected)  # every block written, into its own region
+    for region, writers in recorded.items():
+        assert len(writers) == 1, f"region {region} written {len(writers)} times"
+        assert writers[0] in expected[region], f"region {region} written on {writers[0]}, held on {expected[region]}"
+    assert_every_element_equal(zarr.open_array(path, mode="r")[...], x.compute())
 
 
 def test_load_array_is_lazy_and_sums_like_numpy(client, dfm, tmp_path):

@@ -10,24 +10,12 @@ import pytest
 from distributed import Client, Future, get_task_stream, get_worker
 
 from polystore import BackendNotFoundError
-from polystore_dask import DaskFileManager, PolystorePlugin, get_registry
-from tests._cluster import cluster_client, wait_until, worker_addresses
+from polystore_dask import get_registry
+from tests._cluster import wait_until, worker_addresses
 
 pytestmark = pytest.mark.cluster
 
 SUFFIX = {"memory": "", "disk": ".npy", "zarr": ".zarr"}
-
-
-@pytest.fixture(scope="module")
-def client():
-    with cluster_client(2) as client:
-        client.register_plugin(PolystorePlugin())
-        yield client
-
-
-@pytest.fixture
-def dfm(client):
-    return DaskFileManager(client)
 
 
 @pytest.fixture(params=["memory", "disk", "zarr"])
@@ -224,7 +212,7 @@ def test_finished_operations_leave_the_chain_table(dfm, backend, place):
     futures += [dfm.load(place(f"c{i}"), backend) for i in range(10)]
     for future in futures:
         future.result()
-    wait_until(lambda: len(dfm._chains) == 0, "the chain table to empty")
+    wait_until(lambda: len(dfm._tasks.chains) == 0, "the chain table to empty")
 
 
 # -- where tasks run ----------------------------------------------------------

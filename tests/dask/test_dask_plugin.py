@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 
@@ -32,14 +33,24 @@ def load_from_memory(path: str) -> int:
 
 
 def run_on(client: Client, address: str, function, *args):
-    return client.submit(function, *args, workers=[address], allow_other_workers=False, pure=False).result(timeout=PATIENCE)
+    future = client.submit(function, *args, workers=[address], allow_other_workers=False, pure=False)
+    return future.result(timeout=PATIENCE)
 
 
-@pytest.fixture(scope="module")
-def client():
-    with cluster_client(2) as client:
-        client.register_plugin(PolystorePlugin())
-        yield client
+def process_of(client: Client, address: str) -> int:
+    """The pid of the worker process at ``address``, as that worker reports it outside any task."""
+    return client.run(os.getpid, workers=[address])[address]
+
+
+def assert_has_a_working_registry_of_its_own(client: Client, address: str, path: str) -> None:
+    """The worker at ``address`` has the plugin set up: its tasks get a registry with the shipped backends,
+    whose memory starts without ``path`` and keeps what a task saves there for the next task."""
+    assert client.run(lambda dask_worker: "polystore" in dask_worker.plugins, workers=[address]) == {address: True}
+    assert {"disk", "memory", "zarr"} <= set(run_on(client, address, call_registry))
+    with pytest.raises(FileNotFoundError):
+        run_on(client, address, load_from_memory, path)
+    run_on(client, address, save_in_memory, path, 5)
+    assert run_on(client, address, load_from_memory, path) == 5
 
 
 def test_plugin_builds_a_registry_on_every_worker(client):
@@ -56,10 +67,20 @@ def test_get_registry_is_the_same_object_for_every_task_on_a_worker(client):
 
 
 def test_each_worker_has_its_own_registry_in_its_own_process(client):
-    first, second = (run_on(client, address, registry_identity) for address in worker_addresses(client))
+    addresses = worker_addresses(client)
+    first, second = (run_on(client, address, registry_identity) for address in addresses)
     assert first[0] != second[0]  # pid
     assert first[2] != second[2]  # worker id
     assert first[0] != os.getpid()
+    # Each task's registry is in the process of the worker it ran on ...
+    assert [first[0], second[0]] == [process_of(client, address) for address in addresses]
+    # ... and is that worker's own: one path holds a different value in each, and a save in one is not in the other.
+    for address, value in zip(addresses, (1, 2), strict=True):
+        run_on(client, address, save_in_memory, "own/shared-name", value)
+    assert [run_on(client, address, load_from_memory, "own/shared-name") for address in addresses] == [1, 2]
+    run_on(client, addresses[0], save_in_memory, "own/first-only", 3)
+    with pytest.raises(FileNotFoundError):
+        run_on(client, addresses[1], load_from_memory, "own/first-only")
 
 
 def test_get_registry_outside_a_worker_says_to_call_it_in_a_task():
@@ -67,15 +88,39 @@ def test_get_registry_outside_a_worker_says_to_call_it_in_a_task():
         get_registry()
 
 
+class NamingUnpickler(pickle.Unpickler):
+    """Unpickles as usual, noting every class or function the pickle names."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data))
+        self.named: set[tuple[str, str]] = set()
+
+    def find_class(self, module: str, name: str):
+        self.named.add((module, name))
+        return super().find_class(module, name)
+
+
 def test_pickled_plugin_holds_only_options_and_imports():
     plugin = PolystorePlugin(options={"disk": {"root": "/scratch"}}, imports=["json"])
     data = pickle.dumps(plugin)
     assert len(data) < 1000
-    copy = pickle.loads(data)
+    unpickler = NamingUnpickler(data)
+    copy = unpickler.load()
     assert copy.options == {"disk": {"root": "/scratch"}}
     assert copy.imports == ("json",)
-    assert vars(copy).keys() >= {"options", "imports"}
+    # What the pickle holds: the plugin class, then a state of exactly the options and the imports.
+    assert unpickler.named == {(PolystorePlugin.__module__, "PolystorePlugin")}
+    state = {"options": {"disk": {"root": "/scratch"}}, "imports": ("json",)}
+    assert plugin.__reduce_ex__(pickle.DEFAULT_PROTOCOL)[2] == state
     assert copy.__getstate__() == {"options": {"disk": {"root": "/scratch"}}, "imports": ("json",)}
+
+
+def test_a_plugin_that_is_set_up_pickles_as_a_new_one(client, polystore_plugin):
+    # A worker's plugin has built a registry and holds memory data; none of it is pickled.
+    address = worker_addresses(client)[0]
+    run_on(client, address, save_in_memory, "pickled/a", 9)
+    pickled = client.run(lambda dask_worker: pickle.dumps(dask_worker.plugins["polystore"]), workers=[address])[address]
+    assert pickled == pickle.dumps(polystore_plugin)
 
 
 def test_plugin_refuses_options_that_are_not_keyword_mappings():
@@ -100,18 +145,25 @@ def test_a_worker_that_joins_later_gets_the_plugin(client):
         (added,) = set(worker_addresses(client)) - before
         pid, _, _ = run_on(client, added, registry_identity)
         assert pid != os.getpid()
+        assert pid == process_of(client, added)
+        assert_has_a_working_registry_of_its_own(client, added, "joined/a")
     finally:
         client.cluster.scale(2)
         wait_until(lambda: len(worker_addresses(client)) == 2, "the cluster to shrink back to 2 workers")
 
 
 def test_a_killed_worker_comes_back_with_the_plugin(client):
+    before = set(worker_addresses(client))
     victim = worker_addresses(client)[0]
     old_pid = client.run(os.getpid, workers=[victim])[victim]
+    run_on(client, victim, save_in_memory, "before-kill/a", 4)
     kill_worker(client, victim)
     client.wait_for_workers(2, timeout=PATIENCE)
     pids = [run_on(client, address, registry_identity)[0] for address in worker_addresses(client)]
     assert old_pid not in pids
+    (replacement,) = set(worker_addresses(client)) - before
+    # A new registry, set up in the new process: the killed worker's memory is not in it.
+    assert_has_a_working_registry_of_its_own(client, replacement, "before-kill/a")
 
 
 def test_client_restart_keeps_the_plugin(client):
@@ -151,7 +203,9 @@ def test_failed_setup_raises_at_registration_and_in_every_task(bare_client):
     with pytest.raises(TypeError, match="rooot"):
         bare_client.register_plugin(PolystorePlugin(options={"disk": {"rooot": 1}}))
     try:
-        with pytest.raises(RuntimeError, match=r"setup failed.*rooot.*unregister_worker_plugin\(\"polystore\"\)") as caught:
+        with pytest.raises(
+            RuntimeError, match=r"setup failed.*rooot.*unregister_worker_plugin\(\"polystore\"\)"
+        ) as caught:
             bare_client.submit(call_registry, pure=False).result()
         assert "register_plugin" in str(caught.value)
     finally:
