@@ -1,4 +1,4 @@
-"""How batch operations split their items into tasks."""
+"""How data travels to the workers: batch items grouped into tasks, and large inline data scattered."""
 
 from __future__ import annotations
 
@@ -7,11 +7,16 @@ from collections.abc import Hashable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
+from distributed import Client, Future
 
-__all__ = ["BATCH_BYTES", "group_items", "items_per_task", "nbytes"]
+__all__ = ["BATCH_BYTES", "group_items", "holders", "holders_of", "items_per_task", "nbytes", "ship"]
 
 #: At most this much inline data goes into one batch task.
 BATCH_BYTES = 64 << 20
+
+#: Inline data at least this big is scattered to its worker rather than
+#: embedded in the task graph (which distributed warns about from 10 MiB).
+SCATTER_BYTES = 8 << 20
 
 Place = TypeVar("Place", bound=Hashable)
 
@@ -53,3 +58,30 @@ def group_items(places: Sequence[Place], per_task: int, sizes: Sequence[int]) ->
             groups.append((place, chunk))
     groups.sort(key=lambda group: group[1][0])
     return groups
+
+
+def holders(client: Client, data: Any) -> list[str] | None:
+    """The workers holding ``data`` if it is a finished Future (its task then runs there)."""
+    if not isinstance(data, Future):
+        return None
+    return sorted(client.who_has([data]).get(data.key, ())) or None
+
+
+def holders_of(client: Client, data_list: Sequence[Any]) -> dict[int, str]:
+    """For each Future item of ``data_list`` whose data exists: one worker holding it."""
+    futures = {index: data for index, data in enumerate(data_list) if isinstance(data, Future)}
+    if not futures:
+        return {}
+    who_has = client.who_has(list(futures.values()))
+    return {index: sorted(who_has[future.key])[0] for index, future in futures.items() if who_has.get(future.key)}
+
+
+def ship(client: Client, data: Any, pin: list[str] | None) -> Any:
+    """Scatter large inline data (to the pinned worker) instead of embedding it in the graph."""
+    if isinstance(data, list):
+        if sum(map(nbytes, data)) < SCATTER_BYTES:
+            return data
+        return [ship(client, item, pin) if nbytes(item) else item for item in data]
+    if nbytes(data) < SCATTER_BYTES:
+        return data
+    return client.scatter(data, workers=pin, hash=False)

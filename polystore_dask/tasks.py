@@ -12,20 +12,20 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 from distributed import get_worker
 from distributed.worker import Worker
 
-from polystore.registry import BackendRegistry
+from polystore.backend import StorageBackend
 from polystore_dask.plugin import registry_of
+from polystore_dask.workers import Owner
 
 __all__ = [
-    "FILESYSTEM_BACKENDS",
     "Outcome",
-    "Owner",
+    "attempt",
     "call",
     "check_owner",
     "collect",
@@ -34,7 +34,6 @@ __all__ = [
     "is_rerun",
     "join_batches",
     "lost_error",
-    "origin_of",
     "probe_kinds",
     "probe_listing",
     "probe_stat",
@@ -44,22 +43,7 @@ __all__ = [
     "settle",
     "settle_deletes",
     "unwrap",
-    "worker_ids",
 ]
-
-#: Backends whose relative paths, without a configured ``root``, are taken
-#: relative to the client's working directory rather than the worker's.
-FILESYSTEM_BACKENDS = frozenset({"disk", "zarr"})
-
-
-class Owner(NamedTuple):
-    """The worker process that keeps a path of the per-worker ``memory`` backend."""
-
-    address: str
-    worker_id: str
-
-    def __str__(self) -> str:
-        return f"{self.address} (id {self.worker_id})"
 
 
 class Outcome(NamedTuple):
@@ -75,50 +59,55 @@ class Outcome(NamedTuple):
         return self.value
 
 
+def attempt(function: Callable[..., Any], *args: Any, after: Sequence[Any] = ()) -> Outcome:
+    """Run ``function(*args)`` on this worker and return its outcome; ``after`` (outcomes waited for) is unused."""
+    try:
+        return Outcome(function(*args))
+    except Exception as error:
+        return Outcome(error=error)
+
+
 def unwrap(outcome: Outcome) -> Any:
     """The task behind a user's future: the value of ``outcome``, or its exception raised."""
     return outcome.result()
 
 
-def origin_of(backend: str) -> str | None:
-    """On the client: the directory relative paths of ``backend`` are taken from (see :func:`resolve`)."""
-    return os.getcwd() if backend in FILESYSTEM_BACKENDS else None
+def resolve(path: Any, target: StorageBackend, origin: str | None) -> Any:
+    """Take a relative filesystem path relative to ``origin`` (the client's directory).
 
-
-def resolve(path: Any, backend: str, registry: BackendRegistry, origin: str | None) -> Any:
-    """Take a relative disk or zarr path relative to ``origin`` (the client's directory).
-
-    Only when the backend has no ``root`` on this worker: with a root, relative
-    paths belong to it. Anything else is returned unchanged for the backend
-    to judge.
+    Only for a backend that spells paths as a filesystem and has no ``root``
+    on this worker: with a root, relative paths belong to it, and keys have
+    no working directory. Anything else is returned unchanged for the
+    backend to judge.
     """
-    if origin is None or backend not in FILESYSTEM_BACKENDS or not isinstance(path, (str, os.PathLike)):
+    spelling = target.path_spelling
+    if origin is None or spelling.kind != "filesystem" or spelling.root is not None:
+        return path
+    if not isinstance(path, (str, os.PathLike)):
         return path
     text = os.fspath(path)
     if not isinstance(text, str) or not text or os.path.isabs(text):
         return path
-    if registry.options.get(backend, {}).get("root") is not None:
-        return path
     return os.path.join(origin, text)
 
 
-def check_owner(owner: Owner, worker: Worker, paths: Sequence[Any]) -> None:
+def check_owner(owner: Owner, worker: Worker, backend: str, paths: Sequence[Any]) -> None:
     """Raise ``FileNotFoundError`` unless this task runs in the process that keeps ``paths``.
 
-    Tasks for a memory path are pinned to its owner's address with
+    Tasks for a per-process path are pinned to its owner's address with
     ``allow_other_workers=True``: the scheduler runs them elsewhere only when
     that worker has gone, and a restarted worker has a new id.
     """
     if worker.id != owner.worker_id:
-        raise lost_error(paths[0], owner, len(paths) - 1)
+        raise lost_error(backend, paths[0], owner, len(paths) - 1)
 
 
-def lost_error(path: Any, owner: Owner, more: int = 0) -> FileNotFoundError:
-    """The error for a memory path whose owner has left the cluster or restarted."""
+def lost_error(backend: str, path: Any, owner: Owner, more: int = 0) -> FileNotFoundError:
+    """The error for a path of a per-process backend whose owner has left the cluster or restarted."""
     also = f" (and {more} more paths of this batch)" if more else ""
     return FileNotFoundError(
         errno.ENOENT,
-        f"memory backend: this path{also} was kept in the memory of worker {owner}, which has "
+        f"{backend} backend: this path{also} was kept in the memory of worker {owner}, which has "
         "left or restarted since; what it kept is lost, save it again",
         str(path),
     )
@@ -143,23 +132,22 @@ def call(
         Positions in ``args`` holding a path or a list of paths, resolved
         against ``origin`` (see :func:`resolve`).
     owner
-        For memory paths: the worker that must run this call.
+        For per-process paths: the worker that must run this call.
     after
         Outcomes of earlier operations this one waited for; unused.
     """
     try:
         worker = get_worker()
         if owner is not None:
-            check_owner(owner, worker, _paths_in(args, path_args))
-        registry = registry_of(worker)
-        target = registry[backend]
+            check_owner(owner, worker, backend, _paths_in(args, path_args))
+        target = registry_of(worker)[backend]
         resolved = list(args)
         for index in path_args:
             value = args[index]
             if isinstance(value, list):
-                resolved[index] = [resolve(path, backend, registry, origin) for path in value]
+                resolved[index] = [resolve(path, target, origin) for path in value]
             else:
-                resolved[index] = resolve(value, backend, registry, origin)
+                resolved[index] = resolve(value, target, origin)
         try:
             value = getattr(target, method)(*resolved, **kwargs)
         except FileExistsError:
@@ -187,19 +175,16 @@ def is_rerun(worker: Worker) -> bool:
     from distributed import get_client
 
     key = worker.get_current_task()
-    return get_client().run_on_scheduler(_times_sent_to_a_worker, key=key) > 1
+    return bool(get_client().run_on_scheduler(_times_sent_to_a_worker, key=key) > 1)
 
 
 def _times_sent_to_a_worker(key: Any, dask_scheduler: Any) -> int:
     return sum(1 for event in dask_scheduler.story(key) if event[0] == key and event[2] == "processing")
 
 
-def _save_again(target: Any, method: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+def _save_again(target: StorageBackend, method: str, args: list[Any], kwargs: dict[str, Any]) -> None:
     """Finish a re-run save: items already stored with the same data count as saved (by the first attempt)."""
-    if method == "save":
-        pairs = [(args[0], args[1])]
-    else:
-        pairs = list(zip(args[0], args[1]))
+    pairs = [(args[0], args[1])] if method == "save" else list(zip(args[0], args[1], strict=True))
     for data, path in pairs:
         try:
             target.save(data, path, **kwargs)
@@ -220,7 +205,7 @@ def same_data(stored: Any, data: Any) -> bool:
             and stored.shape == data.shape
             and np.array_equal(stored, data)
         )
-    return type(stored) is type(data) and stored == data
+    return type(stored) is type(data) and bool(stored == data)
 
 
 def _paths_in(args: tuple[Any, ...], path_args: tuple[int, ...]) -> list[Any]:
@@ -244,29 +229,14 @@ def settle(outcomes: Sequence[Outcome]) -> None:
 
 
 def join_batches(outcomes: Sequence[Outcome], positions: Sequence[Sequence[int]], count: int) -> list[Any]:
-    """Put the values of batch chunks back in input order, or raise the first chunk's error."""
+    """Put the values of batch parts back in input order, or raise the first part's error."""
     values: list[Any] = [None] * count
-    for outcome, where in zip(outcomes, positions):
-        chunk = outcome.result()
-        if chunk is not None:
-            for index, value in zip(where, chunk):
+    for outcome, where in zip(outcomes, positions, strict=True):
+        part = outcome.result()
+        if part is not None:
+            for index, value in zip(where, part, strict=True):
                 values[index] = value
     return values
-
-
-# -- memory: one task or call per worker ------------------------------------
-def save_loaded(loaded: Outcome, path: str, overwrite: bool, owner: Owner, after: Sequence[Any] = ()) -> Outcome:
-    """Save what another worker loaded (a memory copy between owners), unless that failed."""
-    if loaded.error is not None:
-        return loaded
-    return call("memory", "save", (loaded.value, path), {"overwrite": overwrite}, path_args=(1,), owner=owner)
-
-
-def delete_after(saved: Outcome, path: str, owner: Owner) -> Outcome:
-    """Delete the source of a memory move between owners once its copy is saved."""
-    if saved.error is not None:
-        return saved
-    return call("memory", "delete", (path,), {}, path_args=(0,), owner=owner)
 
 
 def collect(outcomes: Sequence[Outcome]) -> list[Outcome]:
@@ -274,8 +244,25 @@ def collect(outcomes: Sequence[Outcome]) -> list[Outcome]:
     return list(outcomes)
 
 
-def delete_here(path: str, recursive: bool, worker_id: str, after: Sequence[Any] = ()) -> Outcome:
-    """Delete ``path`` from this worker's memory: ``"deleted"``, ``"missing"`` or ``"gone"``.
+# -- per-process backends: one task or call per worker ------------------------
+def save_loaded(
+    loaded: Outcome, backend: str, path: str, overwrite: bool, owner: Owner, after: Sequence[Any] = ()
+) -> Outcome:
+    """Save what another worker loaded (a copy between owners), unless that failed."""
+    if loaded.error is not None:
+        return loaded
+    return call(backend, "save", (loaded.value, path), {"overwrite": overwrite}, path_args=(1,), owner=owner)
+
+
+def delete_after(saved: Outcome, backend: str, path: str, owner: Owner) -> Outcome:
+    """Delete the source of a move between owners once its copy is saved."""
+    if saved.error is not None:
+        return saved
+    return call(backend, "delete", (path,), {}, path_args=(0,), owner=owner)
+
+
+def delete_here(backend: str, path: str, recursive: bool, worker_id: str, after: Sequence[Any] = ()) -> Outcome:
+    """Delete ``path`` from this worker's backend: ``"deleted"``, ``"missing"`` or ``"gone"``.
 
     ``"gone"``: the task did not run on the worker it was meant for, which
     has left, and with it whatever it kept.
@@ -285,7 +272,7 @@ def delete_here(path: str, recursive: bool, worker_id: str, after: Sequence[Any]
         if worker.id != worker_id:
             return Outcome("gone")
         try:
-            registry_of(worker)["memory"].delete(path, recursive=recursive)
+            registry_of(worker)[backend].delete(path, recursive=recursive)
         except FileNotFoundError:
             return Outcome("missing")
         return Outcome("deleted")
@@ -293,42 +280,38 @@ def delete_here(path: str, recursive: bool, worker_id: str, after: Sequence[Any]
         return Outcome(error=error)
 
 
-def settle_deletes(outcomes: Sequence[Outcome], path: str) -> None:
+def settle_deletes(outcomes: Sequence[Outcome], backend: str, path: str) -> None:
     """Raise the first error of a delete run on every worker, or ``FileNotFoundError`` if none had ``path``."""
     results = [outcome.result() for outcome in outcomes]
     if "deleted" not in results:
-        raise FileNotFoundError(errno.ENOENT, "memory backend: no worker keeps anything at this path", path)
+        raise FileNotFoundError(errno.ENOENT, f"{backend} backend: no worker keeps anything at this path", path)
 
 
-def probe_kinds(keys: Sequence[str], *, dask_worker: Worker) -> tuple[str, dict[str, str | None]]:
+def probe_kinds(backend: str, keys: Sequence[str], *, dask_worker: Worker) -> tuple[str, dict[str, str | None]]:
     """For ``client.run``: this worker's id and, per key, ``"file"``, ``"dir"`` or None."""
-    backend = registry_of(dask_worker)["memory"]
+    target = registry_of(dask_worker)[backend]
     kinds = {}
     for key in keys:
         path = key or "/"  # the root's key is "", which is not a valid path
-        kinds[key] = "file" if backend.is_file(path) else "dir" if backend.is_dir(path) else None
+        kinds[key] = "file" if target.is_file(path) else "dir" if target.is_dir(path) else None
     return dask_worker.id, kinds
 
 
-def probe_stat(path: str, *, dask_worker: Worker) -> tuple[str, dict[str, Any] | None]:
+def probe_stat(backend: str, path: str, *, dask_worker: Worker) -> tuple[str, dict[str, Any] | None]:
     """For ``client.run``: this worker's id and its stat of ``path`` (None if missing)."""
-    backend = registry_of(dask_worker)["memory"]
+    target = registry_of(dask_worker)[backend]
     try:
-        return dask_worker.id, backend.stat(path or "/")
+        return dask_worker.id, target.stat(path or "/")
     except FileNotFoundError:
         return dask_worker.id, None
 
 
-def probe_listing(method: str, path: str, kwargs: dict[str, Any], *, dask_worker: Worker) -> tuple[str, Outcome]:
+def probe_listing(
+    backend: str, method: str, path: str, kwargs: dict[str, Any], *, dask_worker: Worker
+) -> tuple[str, Outcome]:
     """For ``client.run``: this worker's id and the outcome of listing ``path``."""
-    backend = registry_of(dask_worker)["memory"]
+    target = registry_of(dask_worker)[backend]
     try:
-        return dask_worker.id, Outcome(getattr(backend, method)(path, **kwargs))
+        return dask_worker.id, Outcome(getattr(target, method)(path, **kwargs))
     except (FileNotFoundError, NotADirectoryError) as error:
         return dask_worker.id, Outcome(error=error)
-
-
-def worker_ids(dask_scheduler: Any) -> dict[str, tuple[str, bool]]:
-    """For ``client.run_on_scheduler``: each worker's id and whether it takes new tasks."""
-    running = dask_scheduler.running
-    return {address: (state.server_id, state in running) for address, state in dask_scheduler.workers.items()}

@@ -1,19 +1,27 @@
-"""The pending operations of one manager, by path, so later ones can wait for them."""
+"""One order for every operation on a path: the pending operations of one manager, and how tasks join them.
+
+Every operation the manager runs, single objects, batches, queries and
+arrays alike, is submitted through :class:`OrderedTasks`: its task waits
+for the unfinished operations on related paths that it must follow, and is
+recorded so that later ones wait for it.
+"""
 
 from __future__ import annotations
 
 import posixpath
 import threading
+import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from distributed import Future
+from distributed import Client, Future, wait
 
-__all__ = ["PathChains", "PathKey"]
+from polystore_dask.tasks import unwrap
+from polystore_dask.traits import PathKey
 
-#: A path as the chains know it: (backend name, canonical path).
-PathKey = tuple[str, str]
+__all__ = ["OrderedTasks", "PathChains"]
 
 
 @dataclass
@@ -100,6 +108,60 @@ class PathChains:
     def __len__(self) -> int:
         with self._lock:
             return len(self._pending)
+
+
+class OrderedTasks:
+    """Submits the tasks of one manager, each after the unfinished operations it must follow.
+
+    A write waits for every unfinished operation on related paths, a read
+    for their writes only (see :class:`PathChains`).
+    """
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.chains = PathChains()
+
+    def submit(self, key: str, function: Callable[..., Any], *args: Any, pin: list[str] | None = None, **kwargs: Any) -> Future:
+        """Submit one task, unordered; ``pin`` names the workers it should run on."""
+        return self.client.submit(
+            function, *args, key=key, pure=False, workers=pin, allow_other_workers=pin is not None, **kwargs
+        )
+
+    def after(self, writes: Sequence[PathKey] = (), reads: Sequence[PathKey] = ()) -> list[Future]:
+        """The unfinished operations an operation writing ``writes`` and reading ``reads`` must follow."""
+        found = {future.key: future for future in self.chains.waits(writes, write=True)}
+        found.update((future.key, future) for future in self.chains.waits(reads, write=False))
+        return list(found.values())
+
+    def record(self, future: Future, writes: Sequence[PathKey] = (), reads: Sequence[PathKey] = ()) -> None:
+        """Make ``future`` an operation that later ones on ``writes`` and ``reads`` follow."""
+        self.chains.add(writes, future, write=True)
+        self.chains.add(reads, future, write=False)
+
+    def start(
+        self,
+        key: str,
+        function: Callable[..., Any],
+        *args: Any,
+        writes: Sequence[PathKey] = (),
+        reads: Sequence[PathKey] = (),
+        pin: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Future:
+        """Submit the task of one operation (or batch part) after the ones it must follow, and record it."""
+        outcome = self.submit(key, function, *args, after=self.after(writes, reads), pin=pin, **kwargs)
+        self.record(outcome, writes, reads)
+        return outcome
+
+    def run(self, operation: str, function: Callable[..., Any], *args: Any, pin: list[str] | None = None, **kwargs: Any) -> Future:
+        """Start an operation's task, and return the future of its value (or error) for the user."""
+        token = uuid.uuid4().hex
+        outcome = self.start(f"polystore-{operation}-run-{token}", function, *args, pin=pin, **kwargs)
+        return self.submit(f"polystore-{operation}-{token}", unwrap, outcome, pin=pin)
+
+    def settle_before(self, writes: Sequence[PathKey] = (), reads: Sequence[PathKey] = ()) -> None:
+        """Block until the operations an operation on these paths must follow have finished."""
+        wait(self.after(writes, reads))
 
 
 def _ancestors(path: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Where memory paths live: the client-side table of owners and the questions put to all workers."""
+"""Where the paths of a per-process backend live: the client-side table of owners, and asking every worker."""
 
 from __future__ import annotations
 
@@ -7,57 +7,19 @@ import itertools
 import posixpath
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from distributed import Client, Future
 
-from polystore_dask.tasks import Owner, lost_error, probe_kinds, probe_listing, probe_stat, worker_ids
+from polystore_dask.tasks import lost_error, probe_kinds, probe_listing, probe_stat
+from polystore_dask.workers import Owner, Workers, run_everywhere
 
-__all__ = ["MemoryOwners", "Workers", "run_everywhere"]
-
-
-class Workers:
-    """A snapshot of the cluster's workers: address -> (id, takes new tasks)."""
-
-    def __init__(self, client: Client) -> None:
-        self.members: dict[str, tuple[str, bool]] = client.run_on_scheduler(worker_ids)
-
-    def __len__(self) -> int:
-        return len(self.members)
-
-    def owners(self) -> list[Owner]:
-        """Every worker, sorted by address."""
-        return [Owner(address, self.members[address][0]) for address in sorted(self.members)]
-
-    def running(self) -> list[Owner]:
-        """The workers that take new tasks (all of them if none does), sorted by address."""
-        running = [owner for owner in self.owners() if self.members[owner.address][1]]
-        return running or self.owners()
-
-    def alive(self, owner: Owner | None) -> bool:
-        """Whether ``owner``'s process is still in the cluster."""
-        return owner is not None and self.members.get(owner.address, (None,))[0] == owner.worker_id
-
-    def pin(self, owner: Owner | None) -> list[str] | None:
-        """The ``workers=`` for a task of a path kept by ``owner``: its address, if it is still here.
-
-        distributed runs a task pinned with ``allow_other_workers=True`` on
-        another worker only if some worker is running when it is scheduled;
-        one left in ``no-worker`` then stays there even after new workers
-        join. So a task for a path whose owner has left is not pinned: it
-        runs anywhere and reports the loss (see ``tasks.check_owner``).
-        """
-        return [owner.address] if self.alive(owner) else None
-
-    def at(self, address: str) -> Owner | None:
-        """The worker at ``address``, if it is in the cluster."""
-        member = self.members.get(address)
-        return None if member is None else Owner(address, member[0])
+__all__ = ["ProcessOwners"]
 
 
-class MemoryOwners:
-    """The worker that keeps each memory path saved or found through one manager.
+class ProcessOwners:
+    """The worker that keeps each path of one per-process backend, saved or found through one manager.
 
     A path keeps its owner until a delete (or the source side of a move)
     succeeds, or until the owner leaves: tasks for it are pinned to the
@@ -65,8 +27,9 @@ class MemoryOwners:
     looked for on every worker (:meth:`locate`).
     """
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, backend: str) -> None:
         self.client = client
+        self.backend = backend
         self._owners: dict[str, Owner] = {}
         #: For each directory: how many paths inside it each owner keeps.
         self._inside: dict[str, Counter[Owner]] = {}
@@ -125,7 +88,7 @@ class MemoryOwners:
         """A worker in turn, for paths that have no owner yet."""
         running = workers.running()
         if not running:
-            raise RuntimeError("the cluster has no workers; start some before saving to the memory backend")
+            raise RuntimeError(f"the cluster has no workers; start some before saving to the {self.backend} backend")
         return running[next(self._turn) % len(running)]
 
     def choose(self, key: str, workers: Workers, data: Any = None) -> Owner:
@@ -167,7 +130,7 @@ class MemoryOwners:
     def locate(self, keys: Sequence[str]) -> dict[str, tuple[Owner, str]]:
         """Ask every worker: the worker keeping each key (a file, else a directory) and which."""
         found: dict[str, tuple[Owner, str]] = {}
-        for address, (worker_id, kinds) in sorted(run_everywhere(self.client, probe_kinds, list(keys)).items()):
+        for address, (worker_id, kinds) in sorted(run_everywhere(self.client, probe_kinds, self.backend, list(keys)).items()):
             for key, kind in kinds.items():
                 if kind is not None and (key not in found or (kind == "file" and found[key][1] != "file")):
                     found[key] = (Owner(address, worker_id), kind)
@@ -179,11 +142,11 @@ class MemoryOwners:
 
     def kinds(self, key: str) -> list[str | None]:
         """What each worker has at ``key``: ``"file"``, ``"dir"`` or None."""
-        return [kinds[key] for _, kinds in run_everywhere(self.client, probe_kinds, [key]).values()]
+        return [kinds[key] for _, kinds in run_everywhere(self.client, probe_kinds, self.backend, [key]).values()]
 
     def listing(self, method: str, path: Any, options: dict[str, Any]) -> list[str]:
         """``list_files`` or ``list_dir`` of ``path``: the union over the workers that have it."""
-        answers = [outcome for _, outcome in run_everywhere(self.client, probe_listing, method, path, options).values()]
+        answers = [outcome for _, outcome in run_everywhere(self.client, probe_listing, self.backend, method, path, options).values()]
         listed = [outcome.value for outcome in answers if outcome.error is None]
         if listed:
             return sorted(set().union(*listed))
@@ -193,7 +156,9 @@ class MemoryOwners:
                 raise error
         if errors:
             raise errors[0]
-        raise FileNotFoundError(errno.ENOENT, "memory backend: no worker keeps a directory at this path", str(path))
+        raise FileNotFoundError(
+            errno.ENOENT, f"{self.backend} backend: no worker keeps a directory at this path", str(path)
+        )
 
     def stat(self, key: str, path: str) -> dict[str, Any]:
         """The stat of ``key``: from its owner, else from any worker that has it.
@@ -201,7 +166,7 @@ class MemoryOwners:
         Raises ``FileNotFoundError`` naming the owner if it has left and no
         other worker has the path.
         """
-        answers = run_everywhere(self.client, probe_stat, key)
+        answers = run_everywhere(self.client, probe_stat, self.backend, key)
         owner = self.get(key)
         owner_alive = owner is not None and answers.get(owner.address, (None, None))[0] == owner.worker_id
         if owner_alive and answers[owner.address][1] is not None:
@@ -212,25 +177,8 @@ class MemoryOwners:
                 if stat["type"] == kind:
                     return stat
         if owner is not None and not owner_alive:
-            raise lost_error(path, owner)
-        raise FileNotFoundError(errno.ENOENT, "memory backend: no worker keeps anything at this path", path)
-
-
-def run_everywhere(client: Client, function: Callable[..., Any], *args: Any) -> dict[str, Any]:
-    """``client.run`` on every worker, skipping workers that cannot be reached.
-
-    Errors raised by ``function`` itself (such as a worker without the
-    plugin) are raised here.
-    """
-    results = client.run(function, *args, on_error="return")
-    reached = {}
-    for address, result in results.items():
-        if isinstance(result, BaseException):
-            if isinstance(result, OSError):
-                continue  # the worker left while we asked
-            raise result
-        reached[address] = result
-    return reached
+            raise lost_error(self.backend, path, owner)
+        raise FileNotFoundError(errno.ENOENT, f"{self.backend} backend: no worker keeps anything at this path", path)
 
 
 def _ancestors(key: str) -> Iterable[str]:

@@ -1,0 +1,247 @@
+"""The graphs of save_array and load_array, built on the client.
+
+Two kinds of backend hold arrays. One that stores arrays by region
+(``supports_regions``, as zarr) gets an array created first, then one task
+per block writing whole chunks (whole shards) into it; one that keeps data
+per process gets each block kept on the worker that computed it, with the
+array's layout beside the blocks. Every step that touches the stored array
+before the graph runs (creating it, reading its layout, finding what
+exists) is submitted through :class:`~polystore_dask.ordering.OrderedTasks`,
+so it follows the unfinished operations on that path like any other.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from dask.blockwise import blockwise
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
+from dask.layers import ArraySliceDep
+from dask.task_spec import List, Task, TaskRef
+
+from polystore.backend import PathLike
+from polystore.errors import UnsupportedFormatError
+from polystore_dask.array_tasks import (
+    LAYOUT,
+    METADATA,
+    array_info,
+    create_array,
+    drop_here,
+    join_key,
+    probe_array,
+    read_block,
+    read_kept_block,
+    store_block,
+    store_layout,
+    write_block,
+)
+from polystore_dask.ordering import OrderedTasks
+from polystore_dask.owners import ProcessOwners
+from polystore_dask.tasks import attempt, lost_error
+from polystore_dask.traits import BackendTraits, PathKey
+from polystore_dask.workers import Owner, Workers, run_everywhere
+
+__all__ = ["load_blocks", "load_by_region", "save_blocks", "save_by_region"]
+
+
+# -- backends that store arrays by region ------------------------------------
+def save_by_region(
+    tasks: OrderedTasks, traits: BackendTraits, x: Any, path: PathLike, key: PathKey, origin: str, options: dict[str, Any]
+) -> Delayed | None:
+    """Create the array at ``path``, then write ``x`` into it block by block on the workers holding the blocks."""
+    if not traits.supports_regions:
+        raise UnsupportedFormatError(
+            f"save_array cannot write to the {traits.name} backend: {traits.type_name} does not store arrays "
+            "by region (supports_regions is False: no create_array and region writes); use a backend that does, "
+            "such as 'zarr', or a per-process one such as 'memory'"
+        )
+    x = _as_dask_array(x)
+    chunks, shards = options["chunks"], options["shards"]
+    if chunks is None:
+        chunks = _regular_chunks(x, shards)
+    token = uuid.uuid4().hex
+    created = tasks.start(
+        f"polystore-save_array-create-{token}", attempt, create_array, traits.name, path, x.shape, x.dtype, chunks,
+        shards, options["compressor"], options["overwrite"], origin, writes=[key],
+    ).result().result()
+    x = _aligned(x, created["shards"] or created["chunks"])
+    name = f"polystore-save_array-write-{token}"
+    layer: dict[Any, Any] = {}
+    for index, region in _blocks(x.chunks):
+        block_key = (name, *index)
+        layer[block_key] = Task(block_key, write_block, TaskRef((x.name, *index)), traits.name, path, region, origin)
+    done = f"polystore-save_array-{token}"
+    layer[done] = Task(done, _nothing, List(*(TaskRef(block_key) for block_key in list(layer))))
+    delayed = Delayed(done, HighLevelGraph.from_collections(done, layer, dependencies=[x]))
+    if not options["compute"]:
+        return delayed
+    tasks.client.compute(delayed).result()
+    return None
+
+
+def load_by_region(
+    tasks: OrderedTasks, traits: BackendTraits, path: PathLike, key: PathKey, origin: str, chunks: Any
+) -> da.Array:
+    """A lazy array whose blocks are region reads of the array at ``path``, after the writes before it."""
+    token = uuid.uuid4().hex
+    info = tasks.submit(
+        f"polystore-load_array-info-{token}", attempt, array_info, traits.name, path, origin,
+        after=tasks.after(reads=[key]),
+    ).result().result()
+    shape, dtype = tuple(info["shape"]), np.dtype(info["dtype"])
+    chunks = da.core.normalize_chunks(info["chunks"] if chunks is None else chunks, shape, dtype=dtype)
+    name = f"polystore-load_array-{token}"
+    # A Blockwise layer, like dask.array.from_zarr's: dask fuses it with what
+    # follows (the chunk step of a sum) into one task per block.
+    axes = tuple(range(len(shape)))
+    layer = blockwise(
+        read_block, name, axes, ArraySliceDep(chunks), axes, traits.name, None, path, None, origin, None,
+        numblocks={}, _data_producer=True,
+    )
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=())
+    return da.Array(graph, name, chunks, dtype=dtype, meta=np.empty((0,) * len(shape), dtype))
+
+
+# -- backends that keep data per process --------------------------------------
+def save_blocks(
+    tasks: OrderedTasks, owners: ProcessOwners, x: Any, path: PathLike, key: PathKey, options: dict[str, Any]
+) -> Delayed | None:
+    """Keep each block of ``x`` on the worker that computes it, at ``<path>/<i>.<j>...``, layout beside them."""
+    x = _as_dask_array(x)
+    if options["chunks"] is not None:
+        # Blocks are kept as they are; ``chunks`` sets their shape, shards and compressor do not apply.
+        x = x.rechunk(options["chunks"])
+    backend, canonical = key
+    client = tasks.client
+    tasks.settle_before(writes=[key])
+    if canonical in owners.locate([canonical]):
+        if not options["overwrite"]:
+            raise FileExistsError(
+                errno.EEXIST, f"{backend} backend: something exists at this path; pass overwrite=True to replace it",
+                str(path),
+            )
+        run_everywhere(client, drop_here, backend, canonical)
+        owners.forget(canonical, None, inside=True)
+    token = uuid.uuid4().hex
+    name = f"polystore-save_array-store-{token}"
+    layer: dict[Any, Any] = {}
+    block_paths = [_block_path(canonical, index) for index, _ in _blocks(x.chunks)]
+    for (index, _), block_path in zip(_blocks(x.chunks), block_paths, strict=True):
+        block_key = (name, *index)
+        layer[block_key] = Task(block_key, store_block, TaskRef((x.name, *index)), backend, block_path)
+    layout = {"shape": list(x.shape), "dtype": x.dtype.str, "chunks": [list(sizes) for sizes in x.chunks]}
+    owners_key = f"polystore-save_array-layout-{token}"
+    layer[owners_key] = Task(
+        owners_key, store_layout, List(*(TaskRef(block) for block in list(layer))), backend, canonical, layout,
+        block_paths,
+    )
+    done = f"polystore-save_array-{token}"
+    layer[done] = Task(done, _nothing, TaskRef(owners_key))
+    graph = HighLevelGraph.from_collections(done, layer, dependencies=[x])
+    if not options["compute"]:
+        return Delayed(done, graph)
+    kept = client.compute(Delayed(owners_key, graph, layer=done)).result()
+    for block_path, owner in kept.items():
+        owners.set(block_path, owner)
+    return None
+
+
+def load_blocks(tasks: OrderedTasks, owners: ProcessOwners, path: PathLike, key: PathKey, chunks: Any) -> da.Array:
+    """The array at ``path``: each block read now, by a task on the worker keeping it."""
+    backend, canonical = key
+    client = tasks.client
+    tasks.settle_before(reads=[key])
+    recorded = {
+        kept: Owner(*owner) for kept, owner in client.get_metadata([METADATA, backend, canonical], default={}).items()
+    }
+    workers = Workers(client)
+    layout, holders = None, {}
+    for address, (worker_id, found, names) in sorted(run_everywhere(client, probe_array, backend, canonical).items()):
+        layout = layout or found
+        for block_name in names:
+            holders.setdefault(block_name, Owner(address, worker_id))
+    if layout is None:
+        keeper = owners.get(join_key(canonical, LAYOUT)) or recorded.get(join_key(canonical, LAYOUT))
+        if keeper is not None and not workers.alive(keeper):
+            raise lost_error(backend, str(path), keeper)
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"{backend} backend: no worker keeps an array saved by save_array here (no {LAYOUT!r} inside); "
+            "save one with save_array first",
+            str(path),
+        )
+    stored = tuple(tuple(sizes) for sizes in layout["chunks"])
+    dtype = np.dtype(layout["dtype"])
+    # Each block is read now, by a task on the worker keeping it: the result
+    # is a view of what that worker keeps, so nothing is copied. (Pinning lazy
+    # tasks instead would not hold: dask's graph fusion drops annotations.)
+    token = uuid.uuid4().hex
+    name = f"polystore-load_array-{token}"
+    layer = {}
+    for index, _ in _blocks(stored):
+        block_path = _block_path(canonical, index)
+        owner = holders.get(block_path) or owners.get(block_path) or recorded.get(block_path)
+        layer[(name, *index)] = tasks.submit(
+            f"{name}-{'.'.join(map(str, index))}", read_kept_block, backend, block_path, owner, pin=workers.pin(owner),
+        )
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=())
+    array = da.Array(graph, name, stored, dtype=dtype, meta=np.empty((0,) * len(stored), dtype))
+    return array if chunks is None else array.rechunk(chunks)
+
+
+# -- shapes ----------------------------------------------------------------
+def _as_dask_array(x: Any) -> da.Array:
+    if not isinstance(x, da.Array):
+        x = da.asarray(x)
+    if any(np.isnan(size) for sizes in x.chunks for size in sizes):
+        raise ValueError("save_array needs known chunk sizes; call x.compute_chunk_sizes() first")
+    return x
+
+
+def _regular_chunks(x: da.Array, shards: Sequence[int] | None) -> tuple[int, ...] | None:
+    """``x``'s block shape if every block but the last along each axis has it (and it divides ``shards``)."""
+    sizes = []
+    for axis_chunks in x.chunks:
+        first = axis_chunks[0] if axis_chunks else 0
+        if first == 0 or any(size != first for size in axis_chunks[:-1]) or axis_chunks[-1] > first:
+            return None
+        sizes.append(first)
+    if shards is not None and any(shard % size for shard, size in zip(shards, sizes, strict=False)):
+        return None
+    return tuple(sizes)
+
+
+def _aligned(x: da.Array, unit: Sequence[int]) -> da.Array:
+    """``x`` rechunked, where needed, so every block is made of whole ``unit``s (chunks or shards)."""
+    new = {}
+    for axis, (axis_chunks, side) in enumerate(zip(x.chunks, unit, strict=True)):
+        edges = list(itertools.accumulate(axis_chunks))[:-1]
+        if all(edge % side == 0 for edge in edges):
+            continue
+        typical = max(axis_chunks)
+        new[axis] = max(1, round(typical / side)) * side
+    return x.rechunk(new) if new else x
+
+
+def _blocks(chunks: Sequence[Sequence[int]]) -> list[tuple[tuple[int, ...], tuple[slice, ...]]]:
+    """Each block's index and region, for chunk sizes as in ``dask.array.Array.chunks``."""
+    starts = [[0, *itertools.accumulate(sizes)] for sizes in chunks]
+    return [
+        (index, tuple(slice(starts[axis][i], starts[axis][i + 1]) for axis, i in enumerate(index)))
+        for index in itertools.product(*(range(len(sizes)) for sizes in chunks))
+    ]
+
+
+def _block_path(key: str, index: tuple[int, ...]) -> str:
+    return join_key(key, ".".join(map(str, index)))
+
+
+def _nothing(*_: Any) -> None:
+    return None

@@ -1,0 +1,147 @@
+"""What runs on the workers for save_array and load_array: creating, writing and reading blocks.
+
+Each function reaches its backend through the registry of the worker it
+runs on; :mod:`polystore_dask.array_graphs` builds the graphs that call them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from distributed import get_worker
+
+from polystore.errors import UnsupportedFormatError
+from polystore_dask.plugin import get_registry, registry_of
+from polystore_dask.tasks import check_owner, is_rerun, resolve
+from polystore_dask.workers import Owner
+
+__all__ = [
+    "LAYOUT",
+    "METADATA",
+    "array_info",
+    "create_array",
+    "drop_here",
+    "join_key",
+    "probe_array",
+    "read_block",
+    "read_kept_block",
+    "store_block",
+    "store_layout",
+    "write_block",
+]
+
+#: Where an array kept per process keeps its layout, inside the array's directory.
+LAYOUT = ".array"
+#: The scheduler metadata entry noting which worker keeps each block of each array kept per process.
+METADATA = "polystore-process-arrays"
+
+
+# -- backends that store arrays by region ------------------------------------
+def create_array(
+    backend: str, path: Any, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...] | None,
+    shards: tuple[int, ...] | None, compressor: str | None, overwrite: bool, origin: str | None,
+) -> dict[str, Any]:
+    """Create the array on this worker's backend; return its chunks and shards."""
+    target = get_registry()[backend]
+    where = resolve(path, target, origin)
+    try:
+        array = target.create_array(  # type: ignore[attr-defined]  # declared by supports_regions
+            where, shape, dtype, chunks, shards=shards, compressor=compressor, overwrite=overwrite
+        )
+    except FileExistsError:
+        # Run again after its worker died: the first attempt's (empty) array will do.
+        stat = target.stat(where) if is_rerun(get_worker()) else {}
+        if stat.get("shape") != tuple(shape) or stat.get("dtype") != dtype:
+            raise
+        return {"chunks": tuple(stat["chunks"]), "shards": stat.get("shards")}
+    return {"chunks": tuple(array.chunks), "shards": None if array.shards is None else tuple(array.shards)}
+
+
+def write_block(block: np.ndarray, backend: str, path: Any, region: tuple[slice, ...], origin: str | None) -> None:
+    """Write one block (whole chunks or shards) into the array at ``path``."""
+    target = get_registry()[backend]
+    target.save(block, resolve(path, target, origin), region=region)
+
+
+def array_info(backend: str, path: Any, origin: str | None) -> dict[str, Any]:
+    """The shape, dtype and chunks of the array at ``path``."""
+    target = get_registry()[backend]
+    stat = target.stat(resolve(path, target, origin))
+    if not {"shape", "dtype", "chunks"} <= stat.keys():
+        raise UnsupportedFormatError(
+            f"load_array cannot read {str(path)!r} from the {backend} backend: it is not an array "
+            "(its stat gives no shape, dtype and chunks); save one there with save_array first"
+        )
+    return {"shape": stat["shape"], "dtype": np.dtype(stat["dtype"]), "chunks": stat["chunks"]}
+
+
+def read_block(region: tuple[slice, ...], backend: str, path: Any, origin: str | None) -> np.ndarray:
+    """Read one block of the array at ``path``.
+
+    The zarr backend keeps the arrays it opened, so reading many blocks of
+    one array reads its ``zarr.json`` once per worker, as
+    ``dask.array.from_zarr`` does once per graph.
+    """
+    target = get_registry()[backend]
+    block: np.ndarray = target.load(resolve(path, target, origin), region=region)
+    return block
+
+
+# -- backends that keep data per process -------------------------------------
+def store_block(block: np.ndarray, backend: str, block_path: str) -> Owner:
+    """Keep ``block`` in this worker's backend at ``block_path``; return this worker."""
+    worker = get_worker()
+    registry_of(worker)[backend].save(block, block_path, overwrite=True)
+    return Owner(worker.address, worker.id)
+
+
+def store_layout(
+    owners: list[Owner], backend: str, key: str, layout: dict[str, Any], block_paths: list[str]
+) -> dict[str, Owner]:
+    """Keep the array's layout beside its blocks; return which worker keeps each block and the layout.
+
+    The same is noted in the scheduler's metadata, which outlives any worker:
+    a later load names the worker that kept a block that is gone.
+    """
+    from distributed import get_client
+
+    worker = get_worker()
+    registry_of(worker)[backend].save(layout, join_key(key, LAYOUT), overwrite=True)
+    kept = {**dict(zip(block_paths, owners, strict=True)), join_key(key, LAYOUT): Owner(worker.address, worker.id)}
+    get_client().set_metadata([METADATA, backend, key], {path: list(owner) for path, owner in kept.items()})
+    return kept
+
+
+def read_kept_block(backend: str, block_path: str, owner: Owner | None) -> np.ndarray:
+    """Return one block of an array kept per process, from the worker that keeps it."""
+    worker = get_worker()
+    if owner is not None:
+        check_owner(owner, worker, backend, [block_path])
+    block: np.ndarray = registry_of(worker)[backend].load(block_path)
+    return block
+
+
+def probe_array(backend: str, key: str, *, dask_worker: Any) -> tuple[str, dict[str, Any] | None, list[str]]:
+    """For ``client.run``: this worker's id, the array's layout if kept here, and its blocks kept here."""
+    target = registry_of(dask_worker)[backend]
+    directory = key or "/"
+    if not target.is_dir(directory):
+        return dask_worker.id, None, []
+    layout_path = join_key(key, LAYOUT)
+    layout = target.load(layout_path) if target.is_file(layout_path) else None
+    names = [name for name in target.list_dir(directory) if name != LAYOUT]
+    return dask_worker.id, layout, [join_key(key, name) for name in names]
+
+
+def drop_here(backend: str, key: str, *, dask_worker: Any) -> None:
+    """For ``client.run``: delete ``key`` and everything under it from this worker's backend."""
+    try:
+        registry_of(dask_worker)[backend].delete(key or "/", recursive=True)
+    except FileNotFoundError:
+        pass
+
+
+def join_key(key: str, name: str) -> str:
+    """``name`` inside the directory ``key`` (the root's key is ``""``)."""
+    return f"{key}/{name}" if key else name

@@ -1,0 +1,242 @@
+"""Placement for ``locality = "process"`` backends: each path lives in the worker process that saved it.
+
+A saved path stays on the worker that saved it (where its data Future
+already was, else the next worker in turn), and later operations on it run
+there: tasks are pinned to that worker and check its id, so a path whose
+worker left or restarted raises ``FileNotFoundError`` naming the path and
+the lost worker. Directories, listings and queries span every worker.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from distributed import Future
+
+from polystore.backend import PathLike
+from polystore_dask import array_graphs
+from polystore_dask.batching import group_items, holders_of, items_per_task, nbytes, ship
+from polystore_dask.ordering import OrderedTasks
+from polystore_dask.owners import ProcessOwners
+from polystore_dask.placement import ArrayOptions, Placement
+from polystore_dask.tasks import (
+    call,
+    collect,
+    delete_after,
+    delete_here,
+    join_batches,
+    save_loaded,
+    settle,
+    settle_deletes,
+    unwrap,
+)
+from polystore_dask.traits import BackendTraits, PathKey
+from polystore_dask.workers import Owner, Workers
+
+if TYPE_CHECKING:
+    import dask.array
+    from dask.delayed import Delayed
+
+__all__ = ["ProcessPlacement"]
+
+
+class ProcessPlacement(Placement):
+    """Tasks run on the worker that keeps their path, which the table of owners records."""
+
+    def __init__(self, traits: BackendTraits, tasks: OrderedTasks) -> None:
+        super().__init__(traits, tasks)
+        self.owners = ProcessOwners(tasks.client, traits.name)
+
+    # -- writing ---------------------------------------------------------
+    def save(self, data: Any, path: PathLike, options: dict[str, Any]) -> Future:
+        key = self.key(path)
+        workers = Workers(self.client)
+        owner = self.owners.live(key[1], workers) or self.owners.choose(key[1], workers, data)
+        self.owners.set(key[1], owner)
+        return self.tasks.run(
+            "save", call, self.name, "save", (ship(self.client, data, [owner.address]), path), options,
+            path_args=(1,), owner=owner, writes=[key], pin=[owner.address],
+        )
+
+    def save_batch(self, data_list: Sequence[Any], paths: Sequence[PathLike], options: dict[str, Any]) -> Future:
+        keys = [self.key(path) for path in paths]
+        workers = Workers(self.client)
+        held = holders_of(self.client, data_list)
+        places = [self.owners.live(key[1], workers) or workers.at(held.get(index, "")) for index, key in enumerate(keys)]
+        groups = group_items(places, items_per_task(len(keys), len(workers)), [nbytes(data) for data in data_list])
+        token = uuid.uuid4().hex
+        parts = []
+        for part, (place, positions) in enumerate(groups):
+            owner = place or self.owners.next_worker(workers)
+            for index in positions:
+                self.owners.set(keys[index][1], owner)
+            items = ship(self.client, [data_list[index] for index in positions], [owner.address])
+            parts.append(
+                self.tasks.start(
+                    f"polystore-save_batch-run-{token}-{part}", call, self.name, "save_batch",
+                    (items, [paths[index] for index in positions]), options,
+                    path_args=(1,), owner=owner, writes=[keys[index] for index in positions], pin=[owner.address],
+                )
+            )
+        return self.tasks.submit(f"polystore-save_batch-{token}", settle, parts)
+
+    def ensure_directory(self, path: PathLike) -> Future:
+        key = self.key(path)
+        workers = Workers(self.client)
+        keeper = self.owners.live(key[1], workers) or self.owners.keeper_of_ancestor(key[1], workers)
+        if keeper is not None:
+            # A file is at the path or above it: fail where that file is.
+            return self.tasks.run(
+                "ensure_directory", call, self.name, "ensure_directory", (path,), {},
+                path_args=(0,), owner=keeper, writes=[key], pin=[keeper.address],
+            )
+        # Directories are made on every worker, so that a later save of this
+        # path fails with IsADirectoryError wherever it runs.
+        return self._on_every_worker(
+            "ensure_directory", key, workers.running(),
+            lambda index, each, after, token: self.tasks.submit(
+                f"polystore-ensure_directory-run-{token}-{index}", call, self.name, "ensure_directory", (path,), {},
+                path_args=(0,), owner=each, after=after, pin=[each.address],
+            ),
+            settle,
+        )
+
+    def delete(self, path: PathLike, recursive: bool) -> Future:
+        key = self.key(path)
+        owner = self.owners.get(key[1])
+        if owner is not None and not self.owners.keepers_inside(key[1]):
+            future = self.tasks.run(
+                "delete", call, self.name, "delete", (path,), {"recursive": recursive},
+                path_args=(0,), owner=owner, writes=[key], pin=Workers(self.client).pin(owner),
+            )
+        else:
+            future = self._on_every_worker(
+                "delete", key, Workers(self.client).owners(),
+                lambda index, each, after, token: self.tasks.submit(
+                    f"polystore-delete-run-{token}-{index}", delete_here, self.name, str(path), recursive,
+                    each.worker_id, after=after, pin=[each.address],
+                ),
+                settle_deletes, self.name, str(path),
+            )
+        future.add_done_callback(
+            lambda done: done.status == "finished" and self.owners.forget(key[1], owner, inside=True)
+        )
+        return future
+
+    def _on_every_worker(self, operation: str, key: PathKey, everyone: list[Owner], part: Any, then: Any, *args: Any) -> Future:
+        """One task per worker in ``everyone`` (made by ``part``), ordered as one write of ``key``."""
+        token = uuid.uuid4().hex
+        after = self.tasks.after(writes=[key])
+        parts = [part(index, each, after, token) for index, each in enumerate(everyone)]
+        barrier = self.tasks.submit(f"polystore-{operation}-run-{token}", collect, parts)
+        self.tasks.record(barrier, writes=[key])
+        return self.tasks.submit(f"polystore-{operation}-{token}", then, barrier, *args)
+
+    def transfer(self, operation: str, src: PathLike, dst: PathLike, overwrite: bool) -> Future:
+        source, target = self.key(src), self.key(dst)
+        moving = operation == "move"
+        options = {"overwrite": overwrite}
+        workers = Workers(self.client)
+        owner = self._owner_for_reading(source)
+        keeper = self.owners.live(target[1], workers)
+        if owner is None or keeper is None or keeper == owner:
+            if owner is not None:
+                self.owners.set(target[1], owner)
+            future = self.tasks.run(
+                operation, call, self.name, operation, (src, dst), options,
+                path_args=(0, 1), owner=owner, writes=[source, target] if moving else [target],
+                reads=[] if moving else [source], pin=workers.pin(owner),
+            )
+        else:
+            future = self._between_workers(operation, src, dst, overwrite, owner, keeper, workers)
+        if moving and owner is not None:
+            future.add_done_callback(lambda done: done.status == "finished" and self.owners.forget(source[1], owner))
+        return future
+
+    def _between_workers(
+        self, operation: str, src: PathLike, dst: PathLike, overwrite: bool, owner: Owner, keeper: Owner, workers: Workers
+    ) -> Future:
+        """Copy or move ``src`` (kept by ``owner``) onto ``dst``, kept by another worker: the data goes there."""
+        source, target = self.key(src), self.key(dst)
+        moving = operation == "move"
+        token = uuid.uuid4().hex
+        loaded = self.tasks.submit(
+            f"polystore-{operation}-run-{token}-load", call, self.name, "load", (src,), {},
+            path_args=(0,), owner=owner, after=self.tasks.after(**{"writes" if moving else "reads": [source]}),
+            pin=workers.pin(owner),
+        )
+        saved = self.tasks.submit(
+            f"polystore-{operation}-run-{token}-save", save_loaded, loaded, self.name, str(dst), overwrite, keeper,
+            after=self.tasks.after(writes=[target]), pin=[keeper.address],
+        )
+        self.tasks.record(saved, writes=[target])
+        last = saved
+        if moving:
+            last = self.tasks.submit(
+                f"polystore-{operation}-run-{token}", delete_after, saved, self.name, str(src), owner,
+                pin=workers.pin(owner),
+            )
+            self.tasks.record(last, writes=[source])
+        else:
+            self.tasks.record(loaded, reads=[source])
+        return self.tasks.submit(f"polystore-{operation}-{token}", unwrap, last, pin=[keeper.address])
+
+    # -- reading ---------------------------------------------------------
+    def load(self, path: PathLike, options: dict[str, Any]) -> Future:
+        key = self.key(path)
+        owner = self._owner_for_reading(key)
+        return self.tasks.run(
+            "load", call, self.name, "load", (path,), options,
+            path_args=(0,), owner=owner, reads=[key], pin=Workers(self.client).pin(owner),
+        )
+
+    def load_batch(self, paths: Sequence[PathLike], options: dict[str, Any]) -> Future:
+        keys = [self.key(path) for path in paths]
+        workers = Workers(self.client)
+        unknown = [key for key in keys if self.owners.get(key[1]) is None]
+        if unknown:
+            self.tasks.settle_before(reads=unknown)
+            self.owners.locate([key[1] for key in unknown])
+        owners: list[Owner | None] = [self.owners.get(key[1]) for key in keys]
+        groups = group_items(owners, items_per_task(len(keys), len(workers)), [0] * len(keys))
+        token = uuid.uuid4().hex
+        parts, positions = [], []
+        for part, (owner, where) in enumerate(groups):
+            parts.append(
+                self.tasks.start(
+                    f"polystore-load_batch-run-{token}-{part}", call, self.name, "load_batch",
+                    ([paths[index] for index in where],), options,
+                    path_args=(0,), owner=owner, reads=[keys[index] for index in where], pin=workers.pin(owner),
+                )
+            )
+            positions.append(where)
+        return self.tasks.submit(f"polystore-load_batch-{token}", join_batches, parts, positions, len(keys))
+
+    def query(self, method: str, path: PathLike, options: dict[str, Any]) -> Any:
+        key = self.key(path)
+        self.tasks.settle_before(reads=[key])
+        if method == "stat":
+            return self.owners.stat(key[1], str(path))
+        if method in ("list_files", "list_dir"):
+            return self.owners.listing(method, path, options)
+        kinds = self.owners.kinds(key[1])
+        wanted = {"exists": {"file", "dir"}, "is_file": {"file"}, "is_dir": {"dir"}}[method]
+        return any(kind in wanted for kind in kinds)
+
+    def _owner_for_reading(self, key: PathKey) -> Owner | None:
+        """The worker to read a path on: its owner, else whoever has it (None: nobody)."""
+        owner = self.owners.get(key[1])
+        if owner is None:
+            self.tasks.settle_before(reads=[key])
+            found = self.owners.locate([key[1]]).get(key[1])
+            owner = None if found is None else found[0]
+        return owner
+
+    # -- arrays ----------------------------------------------------------
+    def save_array(self, x: dask.array.Array, path: PathLike, options: ArrayOptions) -> Delayed | None:
+        return array_graphs.save_blocks(self.tasks, self.owners, x, path, self.key(path), options)
+
+    def load_array(self, path: PathLike, chunks: Any) -> dask.array.Array:
+        return array_graphs.load_blocks(self.tasks, self.owners, path, self.key(path), chunks)

@@ -1,0 +1,95 @@
+"""Where the tasks of a backend run: one placement policy per locality.
+
+:class:`DaskFileManager` keeps one :class:`Placement` per backend it has
+used, chosen by the ``locality`` that backend's class declares on the
+workers: :class:`~polystore_dask.shared.SharedPlacement` for ``"shared"``
+(any worker sees the data) and
+:class:`~polystore_dask.per_process.ProcessPlacement` for ``"process"``
+(the data lives in the worker process that wrote it). Both submit every
+task through the manager's :class:`~polystore_dask.ordering.OrderedTasks`,
+so every operation on one path keeps one order.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from distributed import Future
+
+from polystore.backend import PathLike
+from polystore_dask.ordering import OrderedTasks
+from polystore_dask.traits import BackendTraits, PathKey
+
+if TYPE_CHECKING:
+    import dask.array
+    from dask.delayed import Delayed
+
+__all__ = ["ArrayOptions", "Placement"]
+
+#: The zarr-style options of ``save_array``: chunks, shards, compressor, overwrite, compute.
+ArrayOptions = dict[str, Any]
+
+
+class Placement(ABC):
+    """How the operations on one backend are placed on the workers.
+
+    Each method has the meaning and signature of the
+    :class:`~polystore_dask.DaskFileManager` method of the same name, without
+    the backend argument.
+    """
+
+    def __init__(self, traits: BackendTraits, tasks: OrderedTasks) -> None:
+        self.traits = traits
+        self.tasks = tasks
+        self.client = tasks.client
+
+    @property
+    def name(self) -> str:
+        return self.traits.name
+
+    @staticmethod
+    def origin() -> str:
+        """The client's working directory, which relative paths without a root are taken from."""
+        return os.getcwd()
+
+    def key(self, path: PathLike) -> PathKey:
+        """The identity of ``path`` in the ordering (and, per process, in the table of owners)."""
+        return self.traits.key(path, self.origin())
+
+    # -- writing ---------------------------------------------------------
+    @abstractmethod
+    def save(self, data: Any, path: PathLike, options: dict[str, Any]) -> Future: ...
+
+    @abstractmethod
+    def save_batch(self, data_list: Sequence[Any], paths: Sequence[PathLike], options: dict[str, Any]) -> Future: ...
+
+    @abstractmethod
+    def ensure_directory(self, path: PathLike) -> Future: ...
+
+    @abstractmethod
+    def delete(self, path: PathLike, recursive: bool) -> Future: ...
+
+    @abstractmethod
+    def transfer(self, operation: str, src: PathLike, dst: PathLike, overwrite: bool) -> Future:
+        """``copy`` or ``move`` (``operation``) of ``src`` to ``dst``."""
+
+    # -- reading ---------------------------------------------------------
+    @abstractmethod
+    def load(self, path: PathLike, options: dict[str, Any]) -> Future: ...
+
+    @abstractmethod
+    def load_batch(self, paths: Sequence[PathLike], options: dict[str, Any]) -> Future: ...
+
+    @abstractmethod
+    def query(self, method: str, path: PathLike, options: dict[str, Any]) -> Any:
+        """Answer ``exists``, ``is_file``, ``is_dir``, ``list_files``, ``list_dir`` or ``stat`` (``method``)."""
+
+    # -- arrays ----------------------------------------------------------
+    @abstractmethod
+    def save_array(self, x: dask.array.Array, path: PathLike, options: ArrayOptions) -> Delayed | None: ...
+
+    @abstractmethod
+    def load_array(self, path: PathLike, chunks: Any) -> dask.array.Array: ...

@@ -1,0 +1,110 @@
+"""Placement for ``locality = "shared"`` backends: every worker sees the same data, so any worker may run a task."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from distributed import Future
+
+from polystore.backend import PathLike
+from polystore_dask import array_graphs
+from polystore_dask.batching import group_items, holders, holders_of, items_per_task, nbytes, ship
+from polystore_dask.placement import ArrayOptions, Placement
+from polystore_dask.tasks import call, join_batches, settle
+from polystore_dask.workers import Workers
+
+if TYPE_CHECKING:
+    import dask.array
+    from dask.delayed import Delayed
+
+__all__ = ["SharedPlacement"]
+
+
+class SharedPlacement(Placement):
+    """Tasks run on any worker, or where their data (a Future) already is."""
+
+    def save(self, data: Any, path: PathLike, options: dict[str, Any]) -> Future:
+        pin = holders(self.client, data)
+        return self.tasks.run(
+            "save", call, self.name, "save", (ship(self.client, data, pin), path), options,
+            path_args=(1,), origin=self.origin(), writes=[self.key(path)], pin=pin,
+        )
+
+    def save_batch(self, data_list: Sequence[Any], paths: Sequence[PathLike], options: dict[str, Any]) -> Future:
+        keys = [self.key(path) for path in paths]
+        workers = Workers(self.client)
+        held = holders_of(self.client, data_list)
+        places = [workers.at(held.get(index, "")) for index in range(len(keys))]
+        groups = group_items(places, items_per_task(len(keys), len(workers)), [nbytes(data) for data in data_list])
+        token = uuid.uuid4().hex
+        parts = []
+        for part, (owner, positions) in enumerate(groups):
+            pin = None if owner is None else [owner.address]
+            items = ship(self.client, [data_list[index] for index in positions], pin)
+            parts.append(
+                self.tasks.start(
+                    f"polystore-save_batch-run-{token}-{part}", call, self.name, "save_batch",
+                    (items, [paths[index] for index in positions]), options,
+                    path_args=(1,), origin=self.origin(), writes=[keys[index] for index in positions], pin=pin,
+                )
+            )
+        return self.tasks.submit(f"polystore-save_batch-{token}", settle, parts)
+
+    def ensure_directory(self, path: PathLike) -> Future:
+        return self.tasks.run(
+            "ensure_directory", call, self.name, "ensure_directory", (path,), {},
+            path_args=(0,), origin=self.origin(), writes=[self.key(path)],
+        )
+
+    def delete(self, path: PathLike, recursive: bool) -> Future:
+        return self.tasks.run(
+            "delete", call, self.name, "delete", (path,), {"recursive": recursive},
+            path_args=(0,), origin=self.origin(), writes=[self.key(path)],
+        )
+
+    def transfer(self, operation: str, src: PathLike, dst: PathLike, overwrite: bool) -> Future:
+        source, target = self.key(src), self.key(dst)
+        moving = operation == "move"
+        return self.tasks.run(
+            operation, call, self.name, operation, (src, dst), {"overwrite": overwrite},
+            path_args=(0, 1), origin=self.origin(), writes=[source, target] if moving else [target],
+            reads=[] if moving else [source],
+        )
+
+    def load(self, path: PathLike, options: dict[str, Any]) -> Future:
+        return self.tasks.run(
+            "load", call, self.name, "load", (path,), options,
+            path_args=(0,), origin=self.origin(), reads=[self.key(path)],
+        )
+
+    def load_batch(self, paths: Sequence[PathLike], options: dict[str, Any]) -> Future:
+        keys = [self.key(path) for path in paths]
+        workers = Workers(self.client)
+        groups = group_items([None] * len(keys), items_per_task(len(keys), len(workers)), [0] * len(keys))
+        token = uuid.uuid4().hex
+        parts, positions = [], []
+        for part, (_, where) in enumerate(groups):
+            parts.append(
+                self.tasks.start(
+                    f"polystore-load_batch-run-{token}-{part}", call, self.name, "load_batch",
+                    ([paths[index] for index in where],), options,
+                    path_args=(0,), origin=self.origin(), reads=[keys[index] for index in where],
+                )
+            )
+            positions.append(where)
+        return self.tasks.submit(f"polystore-load_batch-{token}", join_batches, parts, positions, len(keys))
+
+    def query(self, method: str, path: PathLike, options: dict[str, Any]) -> Any:
+        outcome = self.tasks.submit(
+            f"polystore-{method}-{uuid.uuid4().hex}", call, self.name, method, (path,), options,
+            path_args=(0,), origin=self.origin(), after=self.tasks.after(reads=[self.key(path)]),
+        )
+        return outcome.result().result()
+
+    def save_array(self, x: dask.array.Array, path: PathLike, options: ArrayOptions) -> Delayed | None:
+        return array_graphs.save_by_region(self.tasks, self.traits, x, path, self.key(path), self.origin(), options)
+
+    def load_array(self, path: PathLike, chunks: Any) -> dask.array.Array:
+        return array_graphs.load_by_region(self.tasks, self.traits, path, self.key(path), self.origin(), chunks)

@@ -1,0 +1,74 @@
+"""What each backend declares, learned from the workers once per backend and kept by the manager.
+
+The Dask layer never compares backend names: it asks a worker what the
+backend class there declares (``locality``, ``supports_regions`` and its
+path spelling) and routes by that.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from distributed import Client
+
+from polystore.backend import Locality, PathLike
+from polystore.paths import PathSpelling
+from polystore_dask.plugin import get_registry
+
+__all__ = ["BackendTraits", "KnownBackends", "PathKey", "describe"]
+
+#: A path as the manager knows it: (backend name, canonical path).
+PathKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class BackendTraits:
+    """What one backend declares, as the workers have it."""
+
+    name: str
+    locality: Locality
+    supports_regions: bool
+    spelling: PathSpelling
+    type_name: str
+
+    def key(self, path: PathLike, origin: str) -> PathKey:
+        """The canonical identity of ``path``, the same on the client as on a worker.
+
+        ``origin`` is the client's working directory, which relative paths of
+        a filesystem backend without a root are taken from.
+        """
+        return self.name, self.spelling.canonical(path, base=origin, backend=self.name)
+
+
+def describe(backend: str) -> BackendTraits:
+    """Run on a worker: what the class of ``backend`` in its registry declares."""
+    target = get_registry()[backend]
+    return BackendTraits(
+        name=backend,
+        locality=type(target).locality,
+        supports_regions=type(target).supports_regions,
+        spelling=target.path_spelling,
+        type_name=type(target).__name__,
+    )
+
+
+class KnownBackends:
+    """The traits of every backend one manager has used, each asked of a worker once."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._known: dict[str, BackendTraits] = {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, backend: str) -> BackendTraits:
+        with self._lock:
+            known = self._known.get(backend)
+        if known is not None:
+            return known
+        future: Any = self.client.submit(describe, backend, key=f"polystore-describe-{uuid.uuid4().hex}", pure=False)
+        traits: BackendTraits = future.result()
+        with self._lock:
+            return self._known.setdefault(backend, traits)
