@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from polystore.backend import ReadOnlyBackend, StorageBackend
 from polystore.backends.disk import DiskBackend
+from polystore.backends.memory import MemoryBackend
+from polystore.backends.zarr import ZarrBackend
 from polystore.errors import (
     BackendNotFoundError,
     InvalidPathError,
@@ -16,9 +18,7 @@ from polystore.errors import (
     UnsupportedFormatError,
 )
 from polystore.manager import FileManager
-from polystore.backends.memory import MemoryBackend
 from polystore.registry import BackendRegistry
-from polystore.backends.zarr import ZarrBackend
 
 __version__ = "0.1.0"
 

@@ -114,7 +114,9 @@ class StorageBackend(ABC, metaclass=AutoRegisterMeta):
         """
         ...
 
-    def save_batch(self, data_list: Sequence[Any], paths: Sequence[PathLike], *, overwrite: bool = False, **kwargs: Any) -> None:
+    def save_batch(
+        self, data_list: Sequence[Any], paths: Sequence[PathLike], *, overwrite: bool = False, **kwargs: Any
+    ) -> None:
         """Store each of ``data_list`` at the matching path of ``paths``.
 
         Raises
@@ -123,7 +125,7 @@ class StorageBackend(ABC, metaclass=AutoRegisterMeta):
             The two sequences differ in length (nothing is written).
         """
         check_batch_lengths(data_list, paths, self.name)
-        for data, path in zip(data_list, paths):
+        for data, path in zip(data_list, paths, strict=True):
             self.save(data, path, overwrite=overwrite, **kwargs)
 
     @abstractmethod
@@ -246,7 +248,9 @@ class ReadOnlyBackend(StorageBackend):
     def save(self, data: Any, path: PathLike, *, overwrite: bool = False, **kwargs: Any) -> None:
         raise self._refuse("save", path)
 
-    def save_batch(self, data_list: Sequence[Any], paths: Sequence[PathLike], *, overwrite: bool = False, **kwargs: Any) -> None:
+    def save_batch(
+        self, data_list: Sequence[Any], paths: Sequence[PathLike], *, overwrite: bool = False, **kwargs: Any
+    ) -> None:
         raise self._refuse("save", paths[0] if paths else "")
 
     def ensure_directory(self, path: PathLike) -> None:

@@ -66,7 +66,15 @@ class FileManager:
         """Return what is stored at ``path`` on ``backend``; see :meth:`StorageBackend.load`."""
         return self.get_backend(backend).load(path, **kwargs)
 
-    def save_batch(self, data_list: Sequence[Any], paths: Sequence[PathLike], backend: str, *, overwrite: bool = False, **kwargs: Any) -> None:
+    def save_batch(
+        self,
+        data_list: Sequence[Any],
+        paths: Sequence[PathLike],
+        backend: str,
+        *,
+        overwrite: bool = False,
+        **kwargs: Any,
+    ) -> None:
         """Store each item of ``data_list`` at the matching path; lengths must match."""
         self.get_backend(backend).save_batch(data_list, paths, overwrite=overwrite, **kwargs)
 
@@ -95,7 +103,9 @@ class FileManager:
         recursive: bool = False,
     ) -> list[str]:
         """Return the sorted file paths in ``directory``; see :meth:`StorageBackend.list_files`."""
-        return self.get_backend(backend).list_files(directory, pattern=pattern, extensions=extensions, recursive=recursive)
+        return self.get_backend(backend).list_files(
+            directory, pattern=pattern, extensions=extensions, recursive=recursive
+        )
 
     def list_dir(self, path: PathLike, backend: str) -> list[str]:
         """Return the sorted entry names in the directory ``path``."""

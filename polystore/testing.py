@@ -183,7 +183,7 @@ class BackendTests:
         data = [SAMPLES[self.kind_any], OTHER_SAMPLES[self.kind_any]] * 3
         paths = [self.path(f"batch/item{i}") for i in range(len(data))]
         backend.save_batch(data, paths)
-        for actual, expected in zip(backend.load_batch(paths), data):
+        for actual, expected in zip(backend.load_batch(paths), data, strict=True):
             assert_same_data(actual, expected)
 
     def test_save_batch_with_mismatched_lengths_raises_and_writes_nothing(self, backend: StorageBackend) -> None:
@@ -216,7 +216,12 @@ class BackendTests:
 
     # -- listings -------------------------------------------------------------
     def _populate_listing(self, backend: StorageBackend) -> list[str]:
-        names = [self.path("listing/b"), self.path("listing/a"), self.path("listing/sub/c"), self.path("listing/sub/deeper/d")]
+        names = [
+            self.path("listing/b"),
+            self.path("listing/a"),
+            self.path("listing/sub/c"),
+            self.path("listing/sub/deeper/d"),
+        ]
         for name in names:
             backend.save(SAMPLES[self.kind_any], name)
         backend.ensure_directory("listing/empty")

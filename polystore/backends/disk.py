@@ -15,9 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-
-from polystore.backends.formats import FORMATS, Payload, encode, read_npy, read_npz, read_tiff
 from polystore.backend import PathLike, StorageBackend, check_batch_lengths
+from polystore.backends.formats import FORMATS, Payload, encode, read_npy, read_npz, read_tiff
 from polystore.errors import InvalidPathError
 from polystore.paths import PathSpelling, as_path_string, confine, filter_names
 
@@ -114,7 +113,9 @@ class DiskBackend(StorageBackend):
         """Return the absolute filesystem path for ``path`` (confined to the root)."""
         target = os.fspath(confine(path, self.root, "disk"))
         if os.path.basename(target).startswith(TEMP_PREFIX):
-            raise InvalidPathError(f"disk backend: names starting with {TEMP_PREFIX!r} are reserved for temporary files: {str(path)!r}")
+            raise InvalidPathError(
+                f"disk backend: names starting with {TEMP_PREFIX!r} are reserved for temporary files: {str(path)!r}"
+            )
         return target
 
     def _resolve_all(self, paths: Sequence[PathLike]) -> list[str]:
@@ -149,13 +150,17 @@ class DiskBackend(StorageBackend):
         target = self._resolve(path)
         self._write(encode(data, target, path, kwargs), target, path, overwrite)
 
-    def save_batch(self, data_list: Sequence[Any], paths: Sequence[PathLike], *, overwrite: bool = False, **kwargs: Any) -> None:
+    def save_batch(
+        self, data_list: Sequence[Any], paths: Sequence[PathLike], *, overwrite: bool = False, **kwargs: Any
+    ) -> None:
         # docstring inherited
         # Every path and item is checked before the first file is written.
         check_batch_lengths(data_list, paths, self.name)
         targets = self._resolve_all(paths)
-        payloads = [encode(data, target, path, kwargs) for data, target, path in zip(data_list, targets, paths)]
-        for payload, target, path in zip(payloads, targets, paths):
+        payloads = [
+            encode(data, target, path, kwargs) for data, target, path in zip(data_list, targets, paths, strict=True)
+        ]
+        for payload, target, path in zip(payloads, targets, paths, strict=True):
             self._write(payload, target, path, overwrite)
 
     def _write(self, payload: Payload, target: str, path: PathLike, overwrite: bool) -> None:
@@ -178,7 +183,11 @@ class DiskBackend(StorageBackend):
                 except OSError as error:
                     # The OS refused part-way (disk full, file size limit, I/O error).
                     reason = error.strerror or str(error)
-                    raise OSError(error.errno, f"disk backend: writing failed part-way ({reason}); the path is unchanged", str(path)) from error
+                    raise OSError(
+                        error.errno,
+                        f"disk backend: writing failed part-way ({reason}); the path is unchanged",
+                        str(path),
+                    ) from error
             self._commit(temp, target, path, overwrite)
         except BaseException:
             _remove_if_present(temp)
@@ -203,7 +212,9 @@ class DiskBackend(StorageBackend):
             raise self._parent_is_file(path) from None
 
     def _parent_is_file(self, path: PathLike) -> NotADirectoryError:
-        return NotADirectoryError(errno.ENOTDIR, "disk backend: a parent of this path is a file, not a directory", str(path))
+        return NotADirectoryError(
+            errno.ENOTDIR, "disk backend: a parent of this path is a file, not a directory", str(path)
+        )
 
     def _commit(self, source: str, target: str, path: PathLike, overwrite: bool) -> None:
         """Move the finished file ``source`` to ``target``: replace, or exclusive create."""
@@ -222,7 +233,9 @@ class DiskBackend(StorageBackend):
             except FileExistsError:
                 if os.path.isdir(target):
                     raise self._is_directory(path) from None
-                raise FileExistsError(errno.EEXIST, "disk backend: path exists; pass overwrite=True to replace it", str(path)) from None
+                raise FileExistsError(
+                    errno.EEXIST, "disk backend: path exists; pass overwrite=True to replace it", str(path)
+                ) from None
             os.unlink(source)
         if self.fsync:
             _fsync_directory(os.path.dirname(target))
@@ -297,7 +310,9 @@ class DiskBackend(StorageBackend):
         except (FileNotFoundError, NotADirectoryError):
             raise self._missing(path) from None
         except IsADirectoryError:
-            raise IsADirectoryError(errno.EISDIR, "disk backend: this path is a directory, not a file", str(path)) from None
+            raise IsADirectoryError(
+                errno.EISDIR, "disk backend: this path is a directory, not a file", str(path)
+            ) from None
 
     def load(self, path: PathLike, **kwargs: Any) -> Any:
         # docstring inherited
@@ -306,12 +321,14 @@ class DiskBackend(StorageBackend):
 
     def load_batch(self, paths: Sequence[PathLike], **kwargs: Any) -> list[Any]:
         # docstring inherited
-        return [self._read(target, path, kwargs) for target, path in zip(self._resolve_all(paths), paths)]
+        return [self._read(target, path, kwargs) for target, path in zip(self._resolve_all(paths), paths, strict=True)]
 
     def _read(self, target: str, path: PathLike, kwargs: dict[str, Any]) -> Any:
         kind = FORMATS.get(os.path.splitext(target)[1].lower(), "bytes")
         if kwargs and kind != "tiff":
-            raise TypeError(f"disk backend: load got unexpected options {sorted(kwargs)}; only .tif/.tiff files take options")
+            raise TypeError(
+                f"disk backend: load got unexpected options {sorted(kwargs)}; only .tif/.tiff files take options"
+            )
         with self._open_for_reading(target, path) as stream:
             if kind == "tiff":
                 return read_tiff(stream, path, kwargs)
@@ -325,7 +342,9 @@ class DiskBackend(StorageBackend):
         try:
             return content.decode("utf-8") if kind == "txt" else json.loads(content)
         except ValueError as error:
-            raise ValueError(f"disk backend: {str(path)!r} is not valid {'UTF-8 text' if kind == 'txt' else 'JSON'}: {error}") from error
+            raise ValueError(
+                f"disk backend: {str(path)!r} is not valid {'UTF-8 text' if kind == 'txt' else 'JSON'}: {error}"
+            ) from error
 
     def exists(self, path: PathLike) -> bool:
         # docstring inherited
@@ -348,7 +367,9 @@ class DiskBackend(StorageBackend):
             raise FileNotFoundError(errno.ENOENT, "disk backend: no directory at this path", str(path)) from None
         except NotADirectoryError:
             if os.path.isfile(directory):
-                raise NotADirectoryError(errno.ENOTDIR, "disk backend: this path is a file, not a directory", str(path)) from None
+                raise NotADirectoryError(
+                    errno.ENOTDIR, "disk backend: this path is a file, not a directory", str(path)
+                ) from None
             # A path below a file does not exist, as on every backend.
             raise FileNotFoundError(errno.ENOENT, "disk backend: no directory at this path", str(path)) from None
 

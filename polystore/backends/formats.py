@@ -133,7 +133,7 @@ def read_npy(stream: io.BufferedReader, path: PathLike) -> np.ndarray:
         else:
             array = np.empty(shape, dtype)
             flat = array.reshape(-1)
-        if size and stream.readinto(flat.view(np.uint8)) != size:
+        if size and stream.readinto(flat.view(np.uint8).data) != size:
             raise ValueError("it changed while being read")
     except ValueError as error:
         raise ValueError(f"disk backend: {str(path)!r} is not a readable .npy file: {error}") from error

@@ -51,10 +51,12 @@ class MemoryBackend(StorageBackend):
             raise TypeError(f"memory backend: save got unexpected options {sorted(kwargs)}")
         if isinstance(data, np.ndarray):
             if data.dtype.hasobject:
-                raise UnsupportedFormatError(f"memory backend: cannot store an object array at {str(path)!r}; convert it to a numeric dtype")
+                raise UnsupportedFormatError(
+                    f"memory backend: cannot store an object array at {str(path)!r}; convert it to a numeric dtype"
+                )
             # Marking the array read-only is left to load: flipping the flag
             # costs more than the copy of a small array.
-            stored = data.copy() if copy else data
+            stored: np.ndarray | np.generic | bytes | str | dict[str, Any] = data.copy() if copy else data
         elif isinstance(data, (bytearray, memoryview)):
             stored = bytes(data)
         elif isinstance(data, _STORABLE):
@@ -67,7 +69,9 @@ class MemoryBackend(StorageBackend):
         with self._lock:
             if key in self._files:
                 if not overwrite:
-                    raise FileExistsError(errno.EEXIST, "memory backend: path exists; pass overwrite=True to replace it", str(path))
+                    raise FileExistsError(
+                        errno.EEXIST, "memory backend: path exists; pass overwrite=True to replace it", str(path)
+                    )
             elif key in self._dirs:
                 raise IsADirectoryError(errno.EISDIR, "memory backend: a directory exists at this path", str(path))
             else:
@@ -81,7 +85,9 @@ class MemoryBackend(StorageBackend):
         missing = []
         while key not in self._dirs:
             if key in self._files:
-                raise NotADirectoryError(errno.ENOTDIR, f"memory backend: {key!r} is a file, not a directory", str(path))
+                raise NotADirectoryError(
+                    errno.ENOTDIR, f"memory backend: {key!r} is a file, not a directory", str(path)
+                )
             missing.append(key)
             key = posixpath.dirname(key)
         self._dirs.update(missing)
@@ -128,12 +134,16 @@ class MemoryBackend(StorageBackend):
         with self._lock:
             if source not in self._files:
                 if source in self._dirs:
-                    raise IsADirectoryError(errno.EISDIR, "memory backend: copy and move take files, not directories", str(src))
+                    raise IsADirectoryError(
+                        errno.EISDIR, "memory backend: copy and move take files, not directories", str(src)
+                    )
                 raise self._missing(src)
             if target in self._dirs:
                 raise IsADirectoryError(errno.EISDIR, "memory backend: a directory exists at the destination", str(dst))
             if target in self._files and not overwrite:
-                raise FileExistsError(errno.EEXIST, "memory backend: destination exists; pass overwrite=True to replace it", str(dst))
+                raise FileExistsError(
+                    errno.EEXIST, "memory backend: destination exists; pass overwrite=True to replace it", str(dst)
+                )
             self._make_dirs(posixpath.dirname(target), dst)
             # Loads hand out read-only views and copies of dicts, so the
             # copy can share the stored object.
@@ -153,7 +163,9 @@ class MemoryBackend(StorageBackend):
             raise self._missing(path) from None
         if isinstance(stored, np.ndarray):
             view = stored.view()
-            view.setflags(False)  # positional: a third of the keyword call's cost
+            # Positional: a third of the keyword call's cost. numpy's stub makes
+            # write keyword-only, but the method takes it positionally.
+            view.setflags(False)  # type: ignore[call-arg]
             return view
         if isinstance(stored, dict):
             return copying.deepcopy(stored)

@@ -21,7 +21,6 @@ from polystore.backends.zarr.create import (
     compressor_name,
     compressors_for,
     create_zarr_array,
-    default_chunks,
     import_zarr,
 )
 from polystore.backends.zarr.regions import (
@@ -127,6 +126,7 @@ class ZarrBackend(StorageBackend):
         compressor: str | None = "zstd",
         attributes: dict[str, Any] | None = None,
         region: Any = None,
+        **kwargs: Any,
     ) -> None:
         """Store the array ``data`` as a zarr v3 array at ``path``, or write a block into one.
 
@@ -139,8 +139,9 @@ class ZarrBackend(StorageBackend):
         overwrite
             Replace an existing array (atomically where the OS allows).
         chunks
-            Chunk shape; by default :func:`default_chunks` (1-4 MiB a chunk),
-            or the largest such chunks that divide ``shards``.
+            Chunk shape; by default
+            :func:`~polystore.backends.zarr.create.default_chunks` (1-4 MiB a
+            chunk), or the largest such chunks that divide ``shards``.
         shards
             Shard shape, a multiple of the chunk shape: one file per shard.
         compressor
@@ -176,9 +177,11 @@ class ZarrBackend(StorageBackend):
             Unknown compressor; with ``region``: a region outside the array or
             a block of another shape (the array is left unchanged).
         TypeError
-            With ``region``: a dtype that does not cast safely (the array is
-            left unchanged).
+            An option the zarr backend does not take; with ``region``: a
+            dtype that does not cast safely (the array is left unchanged).
         """
+        if kwargs:
+            raise TypeError(f"zarr backend: save got unexpected options {sorted(kwargs)}")
         target = self._tree.resolve(path)
         array = as_array(data, path)
         if region is not None:
@@ -273,7 +276,9 @@ class ZarrBackend(StorageBackend):
                 raise IsADirectoryError(errno.EISDIR, "zarr backend: cannot delete the root directory", str(path))
             if not recursive:
                 if self._tree.entries(target):
-                    raise OSError(errno.ENOTEMPTY, "zarr backend: directory is not empty; pass recursive=True", str(path))
+                    raise OSError(
+                        errno.ENOTEMPTY, "zarr backend: directory is not empty; pass recursive=True", str(path)
+                    )
                 (target / "zarr.json").unlink(missing_ok=True)  # a zarr group's own metadata
                 target.rmdir()
                 return
@@ -351,7 +356,7 @@ class ZarrBackend(StorageBackend):
             self._tree.require_array(target, path, "load")
             raise
 
-    def load(self, path: PathLike, *, region: Any = None) -> np.ndarray:
+    def load(self, path: PathLike, *, region: Any = None, **kwargs: Any) -> np.ndarray:
         """Return the array at ``path``, or only ``region`` of it.
 
         Parameters
@@ -372,7 +377,11 @@ class ZarrBackend(StorageBackend):
             ``path`` is a file that is not a zarr array.
         ValueError
             A chunk file is truncated or corrupt; the message names it.
+        TypeError
+            An option the zarr backend does not take.
         """
+        if kwargs:
+            raise TypeError(f"zarr backend: load got unexpected options {sorted(kwargs)}")
         target = self._tree.resolve(path)
         selection = load_selection(region)
         for attempt in range(_READ_ATTEMPTS):

@@ -5,8 +5,6 @@ zarr is imported here on first use only, so ``import polystore`` stays light.
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,10 +89,12 @@ def compressor_name(array: zarr.Array) -> str | None:
     """The name :func:`create_zarr_array` takes for ``array``'s compressor (else the codec's class name)."""
     if not array.compressors:
         return None
+    from zarr.codecs import BloscCodec
+
     codec = array.compressors[0]
-    name = type(codec).__name__
-    if name == "BloscCodec":
+    if isinstance(codec, BloscCodec):
         return f"blosc-{getattr(codec.cname, 'value', codec.cname)}"
+    name = type(codec).__name__
     return {"ZstdCodec": "zstd", "GzipCodec": "gzip"}.get(name, name)
 
 
@@ -133,14 +133,14 @@ def default_chunks(shape: Sequence[int], dtype: Any) -> tuple[int, ...]:
             break
         chunks[dim] = grown
     return tuple(
-        -(-size // -(-size // chunk)) if size else 1 for size, chunk in zip(shape, chunks)
+        -(-size // -(-size // chunk)) if size else 1 for size, chunk in zip(shape, chunks, strict=True)
     )
 
 
 def _chunks_inside_shards(shards: Sequence[int], dtype: Any) -> tuple[int, ...]:
     """Default chunks that divide ``shards`` (zarr requires whole chunks per shard)."""
     chunks = []
-    for shard, chunk in zip(shards, default_chunks(shards, dtype)):
+    for shard, chunk in zip(shards, default_chunks(shards, dtype), strict=True):
         while shard % chunk:
             chunk -= 1
         chunks.append(chunk)

@@ -45,8 +45,9 @@ def _region_slices(region: Any, shape: tuple[int, ...], path: str) -> tuple[slic
             f"zarr backend: region {region!r} has {len(items)} dimensions but the array "
             f"at {path!r} has {len(shape)}"
         )
+    items = items + (slice(None),) * (len(shape) - len(items))
     slices = []
-    for item, size in itertools.zip_longest(items, shape, fillvalue=slice(None)):
+    for item, size in zip(items, shape, strict=True):
         if not isinstance(item, slice) or item.step not in (None, 1):
             raise TypeError(
                 f"zarr backend: a write region is a tuple of slices with step 1, got {region!r}"
@@ -103,7 +104,10 @@ def _touched(selection: tuple[Any, ...], shape: tuple[int, ...]) -> list[range]:
         selection = selection[:at] + fill + selection[at + 1:]
     selection = selection + (slice(None),) * (len(shape) - len(selection))
     ranges = []
-    for item, size in zip(selection, shape):
+    # Not strict: a selection with more dimensions than the array (which zarr
+    # has refused already) is cut to the array's, so the caller finds no bad
+    # chunk and re-raises zarr's own error.
+    for item, size in zip(selection, shape, strict=False):
         if isinstance(item, slice):
             start, stop, step = item.indices(size)
             low, high = (start, stop) if step > 0 else (stop + 1, start + 1)
@@ -123,12 +127,12 @@ def find_unreadable_chunk(array: zarr.Array, selection: Any) -> tuple[int, ...] 
     selection = selection if isinstance(selection, tuple) else (selection,)
     grid = [
         range(touched.start // side, -(-touched.stop // side)) if len(touched) else range(0)
-        for touched, side in zip(_touched(selection, array.shape), unit)
+        for touched, side in zip(_touched(selection, array.shape), unit, strict=True)
     ]
     for position in itertools.product(*grid):
         part = tuple(
             slice(index * side, min((index + 1) * side, size))
-            for index, side, size in zip(position, unit, array.shape)
+            for index, side, size in zip(position, unit, array.shape, strict=True)
         )
         try:
             array[part]

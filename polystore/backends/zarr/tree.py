@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from polystore.backend import PathLike
 from polystore.backends.zarr.swap import (
     TEMP_PREFIX,
     discard,
@@ -23,7 +24,6 @@ from polystore.backends.zarr.swap import (
     swap_in,
     temp_sibling,
 )
-from polystore.backend import PathLike
 from polystore.errors import InvalidPathError, UnsupportedFormatError
 from polystore.paths import confine
 
@@ -45,7 +45,8 @@ class ArrayTree:
         target = confine(path, self.root, "zarr")
         if target.name.startswith(TEMP_PREFIX):
             raise InvalidPathError(
-                f"zarr backend: names starting with {TEMP_PREFIX!r} are reserved for temporary directories: {str(path)!r}"
+                f"zarr backend: names starting with {TEMP_PREFIX!r} are reserved for temporary "
+                f"directories: {str(path)!r}"
             )
         return target
 
@@ -126,7 +127,9 @@ class ArrayTree:
             raise self.missing(path)
         if kind == DIRECTORY:
             raise IsADirectoryError(
-                errno.EISDIR, f"zarr backend: cannot {operation} a directory (it has no readable zarr.json with node_type 'array')", str(path)
+                errno.EISDIR,
+                f"zarr backend: cannot {operation} a directory (it has no readable zarr.json with node_type 'array')",
+                str(path),
             )
         raise self.not_an_array(path)
 
@@ -144,10 +147,14 @@ class ArrayTree:
             raise IsADirectoryError(errno.EISDIR, "zarr backend: a directory exists at this path", str(path))
         if kind == OTHER:
             raise FileExistsError(
-                errno.EEXIST, "zarr backend: a file that is not a zarr array is at this path; remove it with the 'disk' backend", str(path)
+                errno.EEXIST,
+                "zarr backend: a file that is not a zarr array is at this path; remove it with the 'disk' backend",
+                str(path),
             )
         if kind == ARRAY and not overwrite:
-            raise FileExistsError(errno.EEXIST, "zarr backend: an array exists at this path; pass overwrite=True to replace it", str(path))
+            raise FileExistsError(
+                errno.EEXIST, "zarr backend: an array exists at this path; pass overwrite=True to replace it", str(path)
+            )
 
     # -- creating --------------------------------------------------------
     def make_directories(self, directory: Path, path: PathLike) -> None:
@@ -157,7 +164,9 @@ class ArrayTree:
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
-            raise NotADirectoryError(errno.ENOTDIR, "zarr backend: a parent of this path is a file", str(path)) from None
+            raise NotADirectoryError(
+                errno.ENOTDIR, "zarr backend: a parent of this path is a file", str(path)
+            ) from None
 
     def build(self, target: Path, path: PathLike, overwrite: bool, write: Callable[[Path], object]) -> None:
         """Run ``write(temp)`` to fill a hidden sibling of ``target``, then put it in place.
@@ -174,7 +183,9 @@ class ArrayTree:
             except OSError as error:
                 # The OS's error names a chunk file of the temporary array;
                 # name the path the caller asked for instead.
-                raise OSError(error.errno, f"zarr backend: writing the array failed: {error.strerror or error}", str(path)) from error
+                raise OSError(
+                    error.errno, f"zarr backend: writing the array failed: {error.strerror or error}", str(path)
+                ) from error
             self.install(temp, target, path, overwrite)
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
