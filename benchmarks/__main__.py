@@ -40,7 +40,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--output", type=Path,
-        help=f"where to write the report; default {RESULTS} for a full run of every row, else a file in the temp directory",
+        help=(
+            f"where to write the report; default {RESULTS} for a full run of every row, "
+            "else a file in the temp directory"
+        ),
     )
     args = parser.parse_args(argv)
     selected = {row.strip() for value in args.only for row in value.split(",") if row.strip()}
@@ -78,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
             for result in area_results:
                 ratio = "" if result.ratio is None else f" ratio {result.ratio.median:.2f}"
                 verdict = "" if result.met is None else (" met" if result.met else " MISSED")
-                print(f"  {result.row:>3} {result.title}: {result.ours.median:,.1f} {result.unit}{ratio}{verdict}", file=sys.stderr)
+                print(
+                    f"  {result.row:>3} {result.title}: {result.ours.median:,.1f} {result.unit}{ratio}{verdict}",
+                    file=sys.stderr,
+                )
             print(f"  ({time.perf_counter() - area_started:.1f} s)", file=sys.stderr, flush=True)
             results += area_results
         command = " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])])

@@ -20,7 +20,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["GiB", "MiB", "Bench", "Result", "RssSampler", "Stats", "Trial", "compare", "measure", "throughput_result", "timed"]
+__all__ = [
+    "Bench", "GiB", "MiB", "Result", "RssSampler", "Stats", "Trial", "compare", "measure", "throughput_result", "timed"
+]
 
 #: Prepares, times the measured operation, cleans up; returns seconds.
 Trial = Callable[[], float]

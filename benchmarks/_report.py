@@ -67,7 +67,11 @@ def machine(bench: Bench) -> list[tuple[str, str]]:
         ("python", platform.python_version()),
         ("scratch filesystem", _filesystem(str(bench.root))),
         ("polystore commit", _commit()),
-        ("1-minute load average", f"{bench.start_load:.2f} at start, {os.getloadavg()[0]:.2f} at end (other work on the machine skews the figures)"),
+        (
+            "1-minute load average",
+            f"{bench.start_load:.2f} at start, {os.getloadavg()[0]:.2f} at end "
+            "(other work on the machine skews the figures)",
+        ),
     ]
     facts += [(package, _version(package)) for package in _PACKAGES]
     return facts
@@ -130,7 +134,8 @@ def render(bench: Bench, results: list[Result], errors: dict[str, str], command:
         "",
         f"- Mode: {'quick (tiny sizes, checks the code runs; the figures mean nothing)' if bench.quick else 'full'}.",
         f"- Each row runs ours and its baseline alternately in one process: {bench.warmup} warm-up run of each, "
-        f"then timed reps in ABBA order, an even number so each side runs first in a pair equally often ({bench.reps} reps for rows 1-3, {bench.heavy_reps} for rows 4-9, "
+        "then timed reps in ABBA order, an even number so each side runs first in a pair equally often "
+        f"({bench.reps} reps for rows 1-3, {bench.heavy_reps} for rows 4-9, "
         "which move 1 GiB per run or start Dask tasks).",
         "- Figures are the median and the spread (min–max) of the timed reps. The ratio is a throughput "
         "ratio, ours over baseline, so above 1 means ours is faster (for ns/op rows: baseline time over "

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._harness import MiB, Bench, Result, RssSampler, Stats, compare, throughput_result, timed
+from benchmarks._harness import Bench, MiB, Result, RssSampler, Stats, compare, throughput_result, timed
 
 __all__ = ["run"]
 
@@ -68,7 +68,9 @@ class _Sampled:
         return self.growth[warmup:]
 
 
-def _memory_result(row: str, title: str, ours: tuple[str, _Sampled], baseline: tuple[str, _Sampled], warmup: int) -> Result:
+def _memory_result(
+    row: str, title: str, ours: tuple[str, _Sampled], baseline: tuple[str, _Sampled], warmup: int
+) -> Result:
     ours_growth = ours[1].timed_reps(warmup)
     return Result(
         row=row,
@@ -101,7 +103,9 @@ def _save_and_load_array(bench: Bench, client: Any, rows: set[str]) -> list[Resu
         dfm.save_array(generated(), probe, "zarr")
         written = zarr.open_array(probe, mode="r")
     if written.chunks != (chunk, chunk) or written.shards is not None:
-        raise RuntimeError(f"save_array wrote chunks {written.chunks}, shards {written.shards}; expected {(chunk, chunk)}, no shards")
+        raise RuntimeError(
+            f"save_array wrote chunks {written.chunks}, shards {written.shards}; expected {(chunk, chunk)}, no shards"
+        )
     compressors = written.compressors
     source = str(bench.fresh_dir() / "source.zarr")
     da.to_zarr(generated(), source, compressors=compressors)
@@ -143,13 +147,16 @@ def _save_and_load_array(bench: Bench, client: Any, rows: set[str]) -> list[Resu
         load = compare(ours_load, dask_load, reps=reps, warmup=warmup)
         results.append(throughput_result(
             "6", f"Dask load_array(...).sum().compute(), {title} (hot cache)", unit="MB/s", work=megabytes,
-            ours=("dfm.load_array(p, 'zarr').sum()", load[0]), baseline=("da.from_zarr(p).sum()", load[1]), min_ratio=1.0))
+            ours=("dfm.load_array(p, 'zarr').sum()", load[0]), baseline=("da.from_zarr(p).sum()", load[1]),
+            min_ratio=1.0))
     if "8" in rows and "5" in rows:
         results.append(_memory_result("8a", "client peak RSS growth during row 5",
-                                      ("save_array", sampled["save ours"]), ("da.to_zarr", sampled["save dask"]), warmup))
+                                      ("save_array", sampled["save ours"]), ("da.to_zarr", sampled["save dask"]),
+                                      warmup))
     if "8" in rows and "6" in rows:
         results.append(_memory_result("8b", "client peak RSS growth during row 6",
-                                      ("load_array.sum", sampled["load ours"]), ("from_zarr.sum", sampled["load dask"]), warmup))
+                                      ("load_array.sum", sampled["load ours"]), ("from_zarr.sum", sampled["load dask"]),
+                                      warmup))
     return results
 
 
@@ -174,7 +181,9 @@ def _many_small_arrays(bench: Bench, client: Any) -> list[Result]:
     def one_task_per_file() -> float:
         with bench.scratch() as directory:
             paths = [str(directory / name) for name in names]
-            return timed(lambda: client.gather([client.submit(np.save, path, array, pure=False) for path, array in zip(paths, arrays)]))
+            return timed(lambda: client.gather([
+                client.submit(np.save, path, array, pure=False) for path, array in zip(paths, arrays, strict=True)
+            ]))
 
     # Enough reps for a stable median; each costs about 2 s on the baseline side.
     times = compare(ours, one_task_per_file, reps=bench.heavy_reps, warmup=bench.warmup)

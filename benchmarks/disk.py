@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._harness import MiB, Bench, Result, compare, throughput_result, timed
+from benchmarks._harness import Bench, MiB, Result, compare, throughput_result, timed
 from polystore import BackendRegistry, FileManager
 
 __all__ = ["run"]
@@ -59,7 +59,7 @@ def _many_small_arrays(bench: Bench, fm: FileManager) -> list[Result]:
     names = [f"a{i:04d}.npy" for i in range(count)]
     source = bench.fresh_dir()
     source_paths = [str(source / name) for name in names]
-    for array, path in zip(arrays, source_paths):
+    for array, path in zip(arrays, source_paths, strict=True):
         np.save(path, array)
     np.testing.assert_array_equal(fm.load_batch(source_paths, "disk")[-1], arrays[-1])
 
@@ -72,7 +72,7 @@ def _many_small_arrays(bench: Bench, fm: FileManager) -> list[Result]:
 
     def numpy_save() -> float:
         def loop(paths: list[str]) -> None:
-            for array, path in zip(arrays, paths):
+            for array, path in zip(arrays, paths, strict=True):
                 np.save(path, array)
 
         with bench.scratch() as directory:

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from benchmarks._harness import GiB, MiB, Bench, Result, Stats, measure, timed
+from benchmarks._harness import Bench, GiB, MiB, Result, Stats, measure, timed
 
 __all__ = ["fractions", "run"]
 
@@ -68,10 +68,34 @@ def run(bench: Bench, rows: set[str]) -> list[Result]:
     size = f"{nbytes // MiB} MiB"
     megabytes = nbytes / 1e6
     return [
-        Result("9a", f"machine: sequential write + fsync, {size}", "MB/s", "os.write 16 MiB blocks + fsync", Stats.throughput(megabytes, synced)),
-        Result("9b", f"machine: sequential write, no fsync, {size}", "MB/s", "os.write 16 MiB blocks", Stats.throughput(megabytes, buffered)),
-        Result("9c", f"machine: memcpy, {size}", "MB/s", "np.copyto into a pre-faulted array", Stats.throughput(megabytes, copied)),
-        Result("9d", f"machine: create {count} empty files in a new scratch directory", "files/s", "os.open(O_CREAT | O_EXCL) + close", Stats.throughput(count, created)),
+        Result(
+            "9a",
+            f"machine: sequential write + fsync, {size}",
+            "MB/s",
+            "os.write 16 MiB blocks + fsync",
+            Stats.throughput(megabytes, synced),
+        ),
+        Result(
+            "9b",
+            f"machine: sequential write, no fsync, {size}",
+            "MB/s",
+            "os.write 16 MiB blocks",
+            Stats.throughput(megabytes, buffered),
+        ),
+        Result(
+            "9c",
+            f"machine: memcpy, {size}",
+            "MB/s",
+            "np.copyto into a pre-faulted array",
+            Stats.throughput(megabytes, copied),
+        ),
+        Result(
+            "9d",
+            f"machine: create {count} empty files in a new scratch directory",
+            "files/s",
+            "os.open(O_CREAT | O_EXCL) + close",
+            Stats.throughput(count, created),
+        ),
     ]
 
 

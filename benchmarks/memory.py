@@ -95,6 +95,11 @@ def run(bench: Bench, rows: set[str]) -> list[Result]:
         "(median ours minus median baseline)."
     )
     return [
-        _result("3a", "memory save (16,16) float32", ("fm.save(a, k, 'memory', overwrite=True)", save[0]), ("d[k] = a.copy()", save[1])),
+        _result(
+            "3a",
+            "memory save (16,16) float32",
+            ("fm.save(a, k, 'memory', overwrite=True)", save[0]),
+            ("d[k] = a.copy()", save[1]),
+        ),
         _result("3b", "memory load (16,16) float32", ("fm.load(k, 'memory')", load[0]), ("d[k]", load[1])),
     ]

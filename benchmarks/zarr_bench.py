@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._harness import MiB, Bench, Result, compare, throughput_result, timed
+from benchmarks._harness import Bench, MiB, Result, compare, throughput_result, timed
 from polystore import BackendRegistry, FileManager
 
 __all__ = ["run"]
@@ -24,7 +24,14 @@ def _codec_names(array: Any) -> list[str]:
     return [type(codec).__name__ for codec in array.compressors]
 
 
-def _compare_codec(bench: Bench, fm: FileManager, data: np.ndarray, chunks: tuple[int, int], compressor: str | None, rows: tuple[str, str]) -> list[Result]:
+def _compare_codec(
+    bench: Bench,
+    fm: FileManager,
+    data: np.ndarray,
+    chunks: tuple[int, int],
+    compressor: str | None,
+    rows: tuple[str, str],
+) -> list[Result]:
     import zarr
 
     options: dict[str, Any] = {"chunks": chunks, "compressor": compressor}
@@ -33,7 +40,9 @@ def _compare_codec(bench: Bench, fm: FileManager, data: np.ndarray, chunks: tupl
         fm.save(data, probe, "zarr", **options)
         written = zarr.open_array(probe, mode="r")
     if written.chunks != chunks or written.shards is not None:
-        raise RuntimeError(f"zarr backend wrote chunks {written.chunks}, shards {written.shards}; the row asks for {chunks}, no shards")
+        raise RuntimeError(
+            f"zarr backend wrote chunks {written.chunks}, shards {written.shards}; the row asks for {chunks}, no shards"
+        )
     compressors = written.compressors
     settings = {"shape": data.shape, "dtype": data.dtype, "chunks": chunks, "compressors": compressors}
     source = str(bench.fresh_dir() / "source.zarr")

@@ -87,7 +87,9 @@ class GzipNpyBackend(StorageBackend):
         full = Path(os.path.abspath(self.root / text))
         resolved = Path(os.path.realpath(full))
         if resolved != self.root and self.root not in resolved.parents:
-            raise InvalidPathError(f"npygz backend: path {text!r} is outside the root {str(self.root)!r}; use a path inside it")
+            raise InvalidPathError(
+                f"npygz backend: path {text!r} is outside the root {str(self.root)!r}; use a path inside it"
+            )
         return full
 
     @staticmethod
@@ -95,7 +97,9 @@ class GzipNpyBackend(StorageBackend):
         return kind(code, f"npygz backend: {what}", os.fspath(path))
 
     # -- writing ---------------------------------------------------------
-    def save(self, data: Any, path: PathLike, *, overwrite: bool = False, level: int | None = None, **kwargs: Any) -> None:
+    def save(
+        self, data: Any, path: PathLike, *, overwrite: bool = False, level: int | None = None, **kwargs: Any
+    ) -> None:
         # docstring inherited
         if kwargs:
             raise TypeError(f"npygz backend: save got unexpected options {sorted(kwargs)}")
@@ -131,7 +135,9 @@ class GzipNpyBackend(StorageBackend):
         try:
             os.link(source, target)  # fails if target exists: the exclusive step
         except FileExistsError:
-            raise self._error(FileExistsError, errno.EEXIST, "path exists; pass overwrite=True to replace it", path) from None
+            raise self._error(
+                FileExistsError, errno.EEXIST, "path exists; pass overwrite=True to replace it", path
+            ) from None
 
     def _make_parents(self, directory: Path, path: PathLike) -> None:
         try:
@@ -273,14 +279,16 @@ def main() -> None:
     ) as cluster, Client(cluster) as client:
         # Each worker imports this module (so the backend registers there) and
         # builds its own registry, with the backend's root set to scratch.
-        client.register_plugin(PolystorePlugin(options={"npygz": {"root": scratch, "level": 1}}, imports=["custom_backend"]))
+        client.register_plugin(
+            PolystorePlugin(options={"npygz": {"root": scratch, "level": 1}}, imports=["custom_backend"])
+        )
         dfm = DaskFileManager(client)
 
         rng = np.random.default_rng(0)
         frames = [np.clip(rng.normal(100, 10, (256, 256)), 0, None).astype(np.uint16) for _ in range(8)]
         paths = [f"frames/frame_{index:03d}.npy.gz" for index in range(len(frames))]
         dfm.save_batch(frames, paths, "npygz").result()
-        assert all(np.array_equal(a, b) for a, b in zip(dfm.load_batch(paths, "npygz").result(), frames))
+        assert all(np.array_equal(a, b) for a, b in zip(dfm.load_batch(paths, "npygz").result(), frames, strict=True))
 
         # Futures as inputs: the frames are loaded, averaged and saved on the
         # workers; only the final check brings data back to the client.

@@ -63,7 +63,7 @@ def render_frames(start: int, stop: int, size: int, seed: int) -> np.ndarray:
         frame = illumination.copy()
         cy = (y0 + vy * t + 3 * np.sin(0.2 * t + phase)) % size
         cx = (x0 + vx * t + 3 * np.cos(0.2 * t + phase)) % size
-        for y, x, s, peak in zip(cy, cx, sigma, brightness * np.exp(-t / 150)):  # photobleaching
+        for y, x, s, peak in zip(cy, cx, sigma, brightness * np.exp(-t / 150), strict=True):  # photobleaching
             r = int(3 * s) + 1
             rows = slice(max(int(y) - r, 0), min(int(y) + r + 1, size))
             cols = slice(max(int(x) - r, 0), min(int(x) + r + 1, size))
@@ -240,7 +240,9 @@ def run_pipeline(client: Any, output: str, frames: int, size: int, seed: int = 2
         progress([projection, statistics, thumbs], "memory -> projection, stats, thumbs")
         return projection, statistics.result(), thumbs.result()
 
-    projection, statistics, thumbs = timed(steps, "memory -> projection, stats, thumbs", kept.nbytes, reduce_from_memory)
+    projection, statistics, thumbs = timed(
+        steps, "memory -> projection, stats, thumbs", kept.nbytes, reduce_from_memory
+    )
 
     # 4. Write the results to disk.
     stats = {
@@ -274,7 +276,10 @@ def run_pipeline(client: Any, output: str, frames: int, size: int, seed: int = 2
     listed = dfm.list_files("results/thumbnails", "disk", extensions={".npy"})
     first, last = posixpath.basename(listed[0]), posixpath.basename(listed[-1])
     print(f"  disk   results/thumbnails/ {len(listed)} files: {first} ... {last}")
-    print(f"  memory scratch/ holds {dfm.list_dir('scratch', 'memory')}: {kept.numblocks[0]} blocks, each on the worker that made it")
+    print(
+        f"  memory scratch/ holds {dfm.list_dir('scratch', 'memory')}: "
+        f"{kept.numblocks[0]} blocks, each on the worker that made it"
+    )
     bleaching = statistics[-1, 0] / statistics[0, 0] if statistics[0, 0] else float("nan")
     print(f"mean signal, last frame / first frame: {bleaching:.2f} (photobleaching)")
     dfm.delete("scratch", "memory", recursive=True).result()

@@ -8,8 +8,8 @@ from collections import Counter
 from typing import Any
 
 from polystore import MemoryBackend, ReadOnlyBackend, StorageBackend
-from polystore.paths import filter_names, normalize_key
 from polystore.backend import PathLike
+from polystore.paths import filter_names, normalize_key
 
 
 class CountingBackend(StorageBackend):
@@ -52,7 +52,13 @@ class CountingBackend(StorageBackend):
     def is_dir(self, path: PathLike) -> bool:
         return self._call("is_dir", path)
 
-    def list_files(self, directory: PathLike, pattern: str | None = None, extensions: set[str] | None = None, recursive: bool = False) -> list[str]:
+    def list_files(
+        self,
+        directory: PathLike,
+        pattern: str | None = None,
+        extensions: set[str] | None = None,
+        recursive: bool = False,
+    ) -> list[str]:
         return self._call("list_files", directory, pattern=pattern, extensions=extensions, recursive=recursive)
 
     def list_dir(self, path: PathLike) -> list[str]:
@@ -90,7 +96,13 @@ class FrozenBackend(ReadOnlyBackend):
     def is_dir(self, path: PathLike) -> bool:
         return normalize_key(path, self.name) in self._dirs
 
-    def list_files(self, directory: PathLike, pattern: str | None = None, extensions: set[str] | None = None, recursive: bool = False) -> list[str]:
+    def list_files(
+        self,
+        directory: PathLike,
+        pattern: str | None = None,
+        extensions: set[str] | None = None,
+        recursive: bool = False,
+    ) -> list[str]:
         key = normalize_key(directory, self.name)
         if key not in self._dirs:
             raise FileNotFoundError(errno.ENOENT, "test_frozen backend: no such directory", str(directory))
@@ -102,7 +114,11 @@ class FrozenBackend(ReadOnlyBackend):
     def list_dir(self, path: PathLike) -> list[str]:
         key = normalize_key(path, self.name)
         prefix = key + "/" if key else ""
-        return sorted({name[len(prefix):].split("/")[0] for name in (*self._files, *self._dirs) if name.startswith(prefix) and name != key})
+        return sorted({
+            name[len(prefix):].split("/")[0]
+            for name in (*self._files, *self._dirs)
+            if name.startswith(prefix) and name != key
+        })
 
     def stat(self, path: PathLike) -> dict[str, Any]:
         if self.is_dir(path):

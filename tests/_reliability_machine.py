@@ -120,7 +120,9 @@ class StorageMachine(RuleBasedStateMachine):
             if self.lost_or_torn == 0:
                 self.check_every_file()
         finally:
-            record(self.config.area, operations=self.operations, bad_inputs=self.bad_inputs, lost_or_torn=self.lost_or_torn)
+            record(
+                self.config.area, operations=self.operations, bad_inputs=self.bad_inputs, lost_or_torn=self.lost_or_torn
+            )
             self.config.close_store(self.store)
 
     # -- drawing paths ---------------------------------------------------
@@ -132,7 +134,9 @@ class StorageMachine(RuleBasedStateMachine):
         directories = sorted(self.model.dirs - {""})
         if directories:
             pools.append(directories)
-        key = data.draw(st.sampled_from(pools[data.draw(st.integers(0, len(pools) - 1), label=f"{label} pool")]), label=label)
+        key = data.draw(
+            st.sampled_from(pools[data.draw(st.integers(0, len(pools) - 1), label=f"{label} pool")]), label=label
+        )
         return self.spell(data, key, label)
 
     def draw_directory(self, data: st.DataObject, *, label: str = "directory") -> str:
@@ -173,13 +177,18 @@ class StorageMachine(RuleBasedStateMachine):
             actual = act()
         except Exception as error:
             if expected_error is None:
-                raise AssertionError(f"{operation}{tuple(paths)}: the model succeeds but the store raised {error!r}") from error
+                raise AssertionError(
+                    f"{operation}{tuple(paths)}: the model succeeds but the store raised {error!r}"
+                ) from error
             if not expected_error.matches(error):
                 raise AssertionError(
-                    f"{operation}{tuple(paths)}: expected {expected_error}, the store raised {type(error).__name__}: {error}"
+                    f"{operation}{tuple(paths)}: expected {expected_error}, "
+                    f"the store raised {type(error).__name__}: {error}"
                 ) from error
             if not any(path in str(error) for path in paths):
-                raise AssertionError(f"{operation}{tuple(paths)}: the error does not name the path: {error!r}") from error
+                raise AssertionError(
+                    f"{operation}{tuple(paths)}: the error does not name the path: {error!r}"
+                ) from error
             return
         if expected_error is not None:
             raise AssertionError(f"{operation}{tuple(paths)}: expected {expected_error}, the store returned {actual!r}")
@@ -192,7 +201,9 @@ class StorageMachine(RuleBasedStateMachine):
         def check(expected: tuple[str, int], actual: Any) -> None:
             if not same_data(actual, *expected):
                 self.lost_or_torn += 1
-                raise AssertionError(f"load({path!r}) returned {actual!r}, not what was saved: {make_data(*expected)!r}")
+                raise AssertionError(
+                    f"load({path!r}) returned {actual!r}, not what was saved: {make_data(*expected)!r}"
+                )
 
         return check
 
@@ -238,13 +249,18 @@ class StorageMachine(RuleBasedStateMachine):
         kind, token, value = self.new_data("root.bin")
         overwrite = data.draw(st.booleans(), label="overwrite")
         self.compare(
-            "save", lambda: self.model.save(kind, token, ROOT, overwrite), lambda: self.store.save(value, ROOT, overwrite=overwrite), [ROOT]
+            "save",
+            lambda: self.model.save(kind, token, ROOT, overwrite),
+            lambda: self.store.save(value, ROOT, overwrite=overwrite),
+            [ROOT],
         )
 
     @rule(data=st.data())
     def load(self, data: st.DataObject) -> None:
         path = self.draw_path(data)
-        self.compare("load", lambda: self.model.load(path), lambda: self.store.load(path), [path], self.check_loaded(path))
+        self.compare(
+            "load", lambda: self.model.load(path), lambda: self.store.load(path), [path], self.check_loaded(path)
+        )
 
     @rule(data=st.data())
     def exists_is_file_is_dir(self, data: st.DataObject) -> None:
@@ -265,7 +281,10 @@ class StorageMachine(RuleBasedStateMachine):
     def delete(self, data: st.DataObject, recursive: bool) -> None:
         path = self.draw_directory(data)
         self.compare(
-            "delete", lambda: self.model.delete(path, recursive), lambda: self.store.delete(path, recursive=recursive), [path]
+            "delete",
+            lambda: self.model.delete(path, recursive),
+            lambda: self.store.delete(path, recursive=recursive),
+            [path],
         )
 
     @rule(data=st.data(), overwrite=st.booleans(), keep_source=st.booleans())
@@ -295,7 +314,12 @@ class StorageMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def ensure_directory(self, data: st.DataObject) -> None:
         path = self.draw_directory(data)
-        self.compare("ensure_directory", lambda: self.model.ensure_directory(path), lambda: self.store.ensure_directory(path), [path])
+        self.compare(
+            "ensure_directory",
+            lambda: self.model.ensure_directory(path),
+            lambda: self.store.ensure_directory(path),
+            [path],
+        )
 
     @rule(
         data=st.data(),
@@ -303,7 +327,9 @@ class StorageMachine(RuleBasedStateMachine):
         pattern=st.sampled_from([None, "*", "a*", "*.npy", "*.zarr"]),
         extensions=st.sampled_from([None, {".npy"}, {".bin", ".txt"}, {".zarr"}]),
     )
-    def list_files(self, data: st.DataObject, recursive: bool, pattern: str | None, extensions: set[str] | None) -> None:
+    def list_files(
+        self, data: st.DataObject, recursive: bool, pattern: str | None, extensions: set[str] | None
+    ) -> None:
         path = self.draw_directory(data)
         self.compare(
             "list_files",
@@ -342,14 +368,17 @@ class StorageMachine(RuleBasedStateMachine):
         except error_type:
             return
         except Exception as error:
-            raise AssertionError(f"{operation}({path!r}) raised {type(error).__name__}: {error}; expected {error_type.__name__}") from error
+            raise AssertionError(
+                f"{operation}({path!r}) raised {type(error).__name__}: {error}; expected {error_type.__name__}"
+            ) from error
         raise AssertionError(f"{operation}({path!r}) returned {result!r}; expected {error_type.__name__}")
 
     @rule(data=st.data())
     def unstorable_data(self, data: st.DataObject) -> None:
         """Objects no backend stores are refused before anything is written."""
         path = self.draw_path(data)
-        if posixpath.basename(path.rstrip("/")) == "" or self.config.kind_of(posixpath.basename(path.rstrip("/"))) != "array":
+        name = posixpath.basename(path.rstrip("/"))
+        if name == "" or self.config.kind_of(name) != "array":
             path = posixpath.join(posixpath.dirname(path.rstrip("/")), next(
                 component for component in self.config.components if self.config.kind_of(component) == "array"
             ))
@@ -360,7 +389,9 @@ class StorageMachine(RuleBasedStateMachine):
         except UnsupportedFormatError:
             return
         except Exception as error:
-            raise AssertionError(f"save({type(value).__name__}, {path!r}) raised {error!r}; expected UnsupportedFormatError") from error
+            raise AssertionError(
+                f"save({type(value).__name__}, {path!r}) raised {error!r}; expected UnsupportedFormatError"
+            ) from error
         raise AssertionError(f"save({type(value).__name__}, {path!r}) stored it; expected UnsupportedFormatError")
 
     @precondition(lambda self: bool(self.model.files))
@@ -370,7 +401,13 @@ class StorageMachine(RuleBasedStateMachine):
         key = data.draw(st.sampled_from(sorted(self.model.files)), label="file")
         for spelling in _SPELLINGS:
             path = spelling(key)
-            self.compare("load", lambda: self.model.load(path), lambda: self.store.load(path), [path], self.check_loaded(path))
+            self.compare(
+                "load",
+                lambda path=path: self.model.load(path),
+                lambda path=path: self.store.load(path),
+                [path],
+                self.check_loaded(path),
+            )
 
 
 def _check_stat(path: str, expected_type: str, actual: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Expected", "ModelFilesystem", "ManagerAdapter", "make_data", "same_data"]
+__all__ = ["Expected", "ManagerAdapter", "ModelFilesystem", "make_data", "same_data"]
 
 _DTYPES = (np.int32, np.float64, np.uint8, np.int16)
 
@@ -167,7 +167,9 @@ class ModelFilesystem:
         if not keep_source and source != target:
             del self.files[source]
 
-    def list_files(self, directory: str, pattern: str | None, extensions: set[str] | None, recursive: bool) -> list[str]:
+    def list_files(
+        self, directory: str, pattern: str | None, extensions: set[str] | None, recursive: bool
+    ) -> list[str]:
         key = key_of(directory)
         self._check_directory(key)
         prefix = key + "/" if key else ""
@@ -184,7 +186,11 @@ class ModelFilesystem:
         key = key_of(path)
         self._check_directory(key)
         prefix = key + "/" if key else ""
-        return sorted({name[len(prefix):].split("/", 1)[0] for name in (*self.files, *self.dirs) if name.startswith(prefix) and name != key})
+        return sorted({
+            name[len(prefix):].split("/", 1)[0]
+            for name in (*self.files, *self.dirs)
+            if name.startswith(prefix) and name != key
+        })
 
     def stat_type(self, path: str) -> str:
         key = key_of(path)
@@ -233,8 +239,12 @@ class ManagerAdapter:
     def move(self, src: str, dst: str, *, overwrite: bool = False) -> None:
         self.manager.move(src, dst, self.backend, overwrite=overwrite).result()
 
-    def list_files(self, directory: str, pattern: str | None = None, extensions: set[str] | None = None, recursive: bool = False) -> list[str]:
-        return self.manager.list_files(directory, self.backend, pattern=pattern, extensions=extensions, recursive=recursive)
+    def list_files(
+        self, directory: str, pattern: str | None = None, extensions: set[str] | None = None, recursive: bool = False
+    ) -> list[str]:
+        return self.manager.list_files(
+            directory, self.backend, pattern=pattern, extensions=extensions, recursive=recursive
+        )
 
     def list_dir(self, path: str) -> list[str]:
         return self.manager.list_dir(path, self.backend)

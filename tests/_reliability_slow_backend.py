@@ -30,8 +30,10 @@ class SlowDiskBackend(DiskBackend):
         time.sleep(SAVE_SECONDS)
         super().save(data, path, overwrite=overwrite, **kwargs)
 
-    def save_batch(self, data_list: Sequence[Any], paths: Sequence[PathLike], *, overwrite: bool = False, **kwargs: Any) -> None:
+    def save_batch(
+        self, data_list: Sequence[Any], paths: Sequence[PathLike], *, overwrite: bool = False, **kwargs: Any
+    ) -> None:
         # docstring inherited
         check_batch_lengths(data_list, paths, self.name)
-        for data, path in zip(data_list, paths):
+        for data, path in zip(data_list, paths, strict=True):
             self.save(data, path, overwrite=overwrite, **kwargs)

@@ -58,7 +58,14 @@ def identify(array: Any, size: int) -> int | None:
 
 
 def save_once(
-    backend_name: str, root: str, path: str, token: int, size: int, overwrite: bool, options: dict[str, Any], started: Any
+    backend_name: str,
+    root: str,
+    path: str,
+    token: int,
+    size: int,
+    overwrite: bool,
+    options: dict[str, Any],
+    started: Any,
 ) -> None:
     """Set ``started``, then save ``token_data(token, size)`` at ``path`` (the parent kills this process meanwhile)."""
     backend = make_backend(backend_name, root)
@@ -78,7 +85,11 @@ def save_with_file_size_limit(
     try:
         backend.save(data, path, overwrite=True, **options)
     except BaseException as error:  # reported to the parent, which judges it
-        results.put({"error": f"{type(error).__name__}: {error}", "oserror": isinstance(error, OSError), "efbig": _efbig_in_chain(error)})
+        results.put({
+            "error": f"{type(error).__name__}: {error}",
+            "oserror": isinstance(error, OSError),
+            "efbig": _efbig_in_chain(error),
+        })
     else:
         results.put({"error": None})
 
@@ -91,7 +102,9 @@ def _efbig_in_chain(error: BaseException | None) -> bool:
     return False
 
 
-def racer(backend_name: str, root: str, size: int, options: dict[str, Any], start: Any, commands: Any, results: Any) -> None:
+def racer(
+    backend_name: str, root: str, size: int, options: dict[str, Any], start: Any, commands: Any, results: Any
+) -> None:
     """A long-lived writer: for each ``(path, token, overwrite, repeats)`` command, wait at ``start``, then save.
 
     Saves ``repeats`` times (stopping at the first error) and puts ``(token,
@@ -109,7 +122,13 @@ def racer(backend_name: str, root: str, size: int, options: dict[str, Any], star
 
 
 def save_repeatedly(
-    backend: StorageBackend, data: np.ndarray, path: str, token: int, overwrite: bool, repeats: int, options: dict[str, Any]
+    backend: StorageBackend,
+    data: np.ndarray,
+    path: str,
+    token: int,
+    overwrite: bool,
+    repeats: int,
+    options: dict[str, Any],
 ) -> tuple[int, str, str | None, str | None]:
     """Save ``data`` ``repeats`` times; ``(token, "saved" or "error", error type, message)``."""
     try:

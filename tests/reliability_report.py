@@ -46,7 +46,8 @@ def format_table(totals: dict[str, dict[str, int]]) -> str:
 
     def line(cells: list[str]) -> str:
         return "  ".join(
-            cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(cells, widths))
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
         )
 
     rule = "  ".join("-" * width for width in widths)

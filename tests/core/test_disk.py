@@ -100,7 +100,9 @@ def test_npz_load_reads_everything_and_closes_the_file(disk: DiskBackend, root: 
     assert_same_data(loaded["a"], np.arange(4))
 
 
-@pytest.mark.parametrize("data", [{"a": [1, 2.5, None], "b": {"c": "\u00e9"}}, [1, "two", {"three": 3}]], ids=["dict", "list"])
+@pytest.mark.parametrize(
+    "data", [{"a": [1, 2.5, None], "b": {"c": "\u00e9"}}, [1, "two", {"three": 3}]], ids=["dict", "list"]
+)
 def test_json_round_trips_dicts_and_lists(disk: DiskBackend, root: Path, data: Any) -> None:
     disk.save(data, "meta.json")
     assert disk.load("meta.json") == data
@@ -181,7 +183,9 @@ MISFITS = {
 
 
 @pytest.mark.parametrize(("data", "name"), MISFITS.values(), ids=MISFITS.keys())
-def test_data_that_does_not_fit_the_suffix_is_refused_before_any_io(disk: DiskBackend, tmp_path: Path, data: Any, name: str) -> None:
+def test_data_that_does_not_fit_the_suffix_is_refused_before_any_io(
+    disk: DiskBackend, tmp_path: Path, data: Any, name: str
+) -> None:
     with pytest.raises(UnsupportedFormatError, match=name):
         disk.save(data, f"sub/{name}")
     assert not (tmp_path / "root").exists()
@@ -236,7 +240,9 @@ def test_loading_a_truncated_npy_raises_value_error_naming_the_file(disk: DiskBa
     [b"", os.urandom(4096), b"\x93NUMPY\x01\x00" + os.urandom(200), b"\x93NUMPY\x01\x00\x10\x00{'descr': 'zz'}     \n"],
     ids=["empty", "random", "random-after-magic", "bad-header"],
 )
-def test_loading_a_garbage_npy_raises_value_error_naming_the_file(disk: DiskBackend, root: Path, content: bytes) -> None:
+def test_loading_a_garbage_npy_raises_value_error_naming_the_file(
+    disk: DiskBackend, root: Path, content: bytes
+) -> None:
     root.mkdir()
     (root / "garbage.npy").write_bytes(content)
     with pytest.raises(ValueError, match="garbage.npy"):
@@ -254,7 +260,9 @@ def test_loading_an_npy_holding_pickled_objects_is_refused(disk: DiskBackend, ro
     ("name", "content"),
     [("bad.json", b"{not json"), ("bad.txt", b"\xff\xfe\xfa"), ("bad.npz", b"not a zip"), ("bad.tif", b"not a tiff")],
 )
-def test_loading_a_corrupt_file_raises_value_error_naming_it(disk: DiskBackend, root: Path, name: str, content: bytes) -> None:
+def test_loading_a_corrupt_file_raises_value_error_naming_it(
+    disk: DiskBackend, root: Path, name: str, content: bytes
+) -> None:
     root.mkdir()
     (root / name).write_bytes(content)
     with pytest.raises(ValueError, match=name):
@@ -358,7 +366,9 @@ def test_the_root_is_resolved_through_symlinks(tmp_path: Path) -> None:
     assert (tmp_path / "real" / "a.bin").read_bytes() == b"x"
 
 
-def test_without_a_root_relative_paths_resolve_against_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_root_relative_paths_resolve_against_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     disk = DiskBackend()
     disk.save(np.arange(3), "rel/a.npy")

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
 from polystore import BackendRegistry, FileManager, InvalidPathError, UnsupportedFormatError, ZarrBackend
-from polystore.testing import BackendTests
 from polystore.backends.zarr.create import default_chunks
+from polystore.testing import BackendTests
 
 MiB = 2**20
 
@@ -100,7 +100,7 @@ def test_shards_without_chunks_get_default_chunks_dividing_them(backend: ZarrBac
     backend.create_array("s.zarr", (6000, 6000), "float64", None, shards=(3000, 3000))
     info = backend.stat("s.zarr")
     assert info["shards"] == (3000, 3000)
-    assert all(shard % chunk == 0 for shard, chunk in zip(info["shards"], info["chunks"]))
+    assert all(shard % chunk == 0 for shard, chunk in zip(info["shards"], info["chunks"], strict=True))
     assert MiB <= math.prod(info["chunks"]) * 8 <= 4 * MiB
 
 
@@ -134,7 +134,11 @@ def test_array_likes_are_converted(backend: ZarrBackend) -> None:
     np.testing.assert_array_equal(backend.load("from_dask.zarr"), sample())
 
 
-@pytest.mark.parametrize("data", [b"bytes", "text", {"a": 1}, [1, 2], np.array([object()])], ids=["bytes", "str", "dict", "list", "object-array"])
+@pytest.mark.parametrize(
+    "data",
+    [b"bytes", "text", {"a": 1}, [1, 2], np.array([object()])],
+    ids=["bytes", "str", "dict", "list", "object-array"],
+)
 def test_non_array_data_is_refused_naming_the_disk_backend(backend: ZarrBackend, data: object) -> None:
     with pytest.raises(UnsupportedFormatError, match="'disk'"):
         backend.save(data, "nope.zarr")
@@ -160,7 +164,7 @@ def test_default_chunks_hold_1_to_4_mib_or_the_whole_array(shape: list[int], dty
     chunks = default_chunks(shape, dtype)
     itemsize = np.dtype(dtype).itemsize
     assert len(chunks) == len(shape)
-    assert all(1 <= chunk <= max(1, size) for chunk, size in zip(chunks, shape))
+    assert all(1 <= chunk <= max(1, size) for chunk, size in zip(chunks, shape, strict=True))
     chunk_bytes = math.prod(chunks) * itemsize
     assert chunk_bytes <= 4 * MiB
     # Empty dimensions get chunks of 1, so count them as length 1.
@@ -192,7 +196,9 @@ def test_load_region_of_wrong_type_raises_type_error(backend: ZarrBackend) -> No
 
 
 # -- create_array and region writes ------------------------------------------------------
-def test_create_array_is_filled_with_fill_value_and_returns_the_zarr_array(backend: ZarrBackend, tmp_path: Path) -> None:
+def test_create_array_is_filled_with_fill_value_and_returns_the_zarr_array(
+    backend: ZarrBackend, tmp_path: Path
+) -> None:
     created = backend.create_array("empty.zarr", (30, 20), "int32", (10, 10), fill_value=-1, attributes={"k": 1})
     assert isinstance(created, zarr.Array)
     assert Path(str(created.store.root)) == tmp_path / "empty.zarr"
@@ -373,7 +379,9 @@ def test_reserved_temporary_names_are_refused(backend: ZarrBackend) -> None:
         backend.save(sample(), ".polystore-tmp-mine")
 
 
-def test_without_root_relative_paths_follow_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_root_relative_paths_follow_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     ZarrBackend().save(sample(), "rel.zarr")
     assert json.loads((tmp_path / "rel.zarr" / "zarr.json").read_text())["node_type"] == "array"

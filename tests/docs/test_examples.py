@@ -25,7 +25,9 @@ def run_example(name: str, *args: str, cwd: Path, timeout: float = 120) -> subpr
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / name), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
-    assert result.returncode == 0, f"{name} {' '.join(args)} exited {result.returncode}\n--- stderr ---\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, (
+        f"{name} {' '.join(args)} exited {result.returncode}\n--- stderr ---\n{result.stderr[-4000:]}"
+    )
     return result
 
 
@@ -78,7 +80,9 @@ def test_pipeline_on_an_existing_scheduler_removes_its_temporary_output(tmp_path
         n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, scheduler_kwargs=quiet_http
     ) as cluster, Client(cluster) as client:
         client.register_plugin(PolystorePlugin())  # replaced by the pipeline's own options
-        result = run_example("pipeline.py", "--frames", "2", "--size", "64", "--scheduler", cluster.scheduler_address, cwd=tmp_path)
+        result = run_example(
+            "pipeline.py", "--frames", "2", "--size", "64", "--scheduler", cluster.scheduler_address, cwd=tmp_path
+        )
         assert "cluster: 1 workers" in result.stdout
         assert "replacing the polystore plugin" in result.stdout
     output = re.search(r"output in (\S+)", result.stdout)

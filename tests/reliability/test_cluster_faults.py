@@ -65,7 +65,9 @@ def expected_array() -> np.ndarray:
 
 def source_array() -> da.Array:
     """The array to save, computed on the workers, slowed so kills land during the writes."""
-    x = (da.arange(SHAPE[0] * SHAPE[1], dtype=np.int64, chunks=CHUNKS[0] * CHUNKS[1]).reshape(SHAPE) + 1).rechunk(CHUNKS)
+    x = (
+        da.arange(SHAPE[0] * SHAPE[1], dtype=np.int64, chunks=CHUNKS[0] * CHUNKS[1]).reshape(SHAPE) + 1
+    ).rechunk(CHUNKS)
     return x.map_blocks(slowly, dtype=np.int64)
 
 
@@ -98,7 +100,11 @@ def assert_clear(error: BaseException, *names: str) -> None:
     """A clear error: the cluster gave up on a task, or a lost memory path named with its worker."""
     if isinstance(error, KilledWorker):
         return
-    if isinstance(error, FileNotFoundError) and "left or restarted" in str(error) and any(name in str(error) for name in names):
+    if (
+        isinstance(error, FileNotFoundError)
+        and "left or restarted" in str(error)
+        and any(name in str(error) for name in names)
+    ):
         return
     raise AssertionError(f"not a clear error: {type(error).__name__}: {error}")
 
@@ -179,7 +185,7 @@ def test_save_batch_with_a_worker_killed_midway_leaves_each_item_whole_missing_o
         if error is not None:
             assert_clear(error, *paths)
         lost = 0
-        for item, path in zip(items, paths):
+        for item, path in zip(items, paths, strict=True):
             try:
                 loaded = disk.load(path) if backend == "disk" else dfm.load(path, "memory").result(timeout=PATIENCE)
             except FileNotFoundError as missing:
@@ -191,11 +197,14 @@ def test_save_batch_with_a_worker_killed_midway_leaves_each_item_whole_missing_o
             lost += identify(loaded, ITEM) != identify(item, ITEM)
         record(f"cluster: save_batch {backend}", operations=1 + BATCH, faults=int(killed), lost_or_torn=lost)
         # On disk a failed batch may have saved some items: each must be whole (checked above).
-        assert lost == 0, f"trial {trial}: {lost} items lost or wrong after a {'failed' if error else 'successful'} save_batch"
+        outcome = "failed" if error else "successful"
+        assert lost == 0, f"trial {trial}: {lost} items lost or wrong after a {outcome} save_batch"
         check_memory_paths_take_new_data(dfm, backend, paths)
 
 
-def test_a_save_batch_retried_after_its_worker_died_does_not_refuse_its_own_items(client: Client, tmp_path: Path) -> None:
+def test_a_save_batch_retried_after_its_worker_died_does_not_refuse_its_own_items(
+    client: Client, tmp_path: Path
+) -> None:
     dfm = DaskFileManager(client)
     items = [token_data(index + 1, ITEM) for index in range(8)]
     paths = [str(tmp_path / f"item{index}.npy") for index in range(8)]

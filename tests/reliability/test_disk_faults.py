@@ -34,7 +34,9 @@ def temp_file_sizes(directory: Path) -> list[int]:
 
 def test_of_eight_processes_saving_one_path_exactly_one_wins(tmp_path: Path) -> None:
     start, results = SPAWN.Barrier(8), SPAWN.Queue()
-    racers = [SPAWN.Process(target=race_to_save, args=(str(tmp_path), "race/target.npy", i, start, results)) for i in range(8)]
+    racers = [
+        SPAWN.Process(target=race_to_save, args=(str(tmp_path), "race/target.npy", i, start, results)) for i in range(8)
+    ]
     for racer in racers:
         racer.start()
     outcomes = [results.get(timeout=120) for _ in racers]

@@ -39,7 +39,9 @@ def mixed_kind(name: str) -> str:
     return _KINDS.get(os.path.splitext(name)[1], "bytes")
 
 
-def machine_settings(default_examples: int, deep_examples: int, default_steps: int = 30, deep_steps: int = 60) -> settings:
+def machine_settings(
+    default_examples: int, deep_examples: int, default_steps: int = 30, deep_steps: int = 60
+) -> settings:
     return settings(
         max_examples=scaled(default_examples, deep_examples),
         stateful_step_count=scaled(default_steps, deep_steps),
@@ -73,7 +75,9 @@ def test_disk_move_onto_the_directory_holding_the_source_raises_is_a_directory_e
 
 
 @pytest.mark.parametrize("listing", ["list_dir", "list_files"])
-def test_disk_listing_a_path_below_a_file_raises_file_not_found_as_memory_and_zarr_do(tmp_path: Path, listing: str) -> None:
+def test_disk_listing_a_path_below_a_file_raises_file_not_found_as_memory_and_zarr_do(
+    tmp_path: Path, listing: str
+) -> None:
     disk = DiskBackend(root=tmp_path)
     disk.save(b"data", "x/a.bin")
     with pytest.raises(FileNotFoundError, match="x/a.bin/q"):
@@ -162,7 +166,9 @@ def test_dask_memory_queries_of_the_root_answer_as_the_memory_backend_does(dfm: 
 
 
 @pytest.mark.cluster
-def test_dask_memory_save_onto_a_directory_kept_by_another_worker_raises_is_a_directory_error(dfm: DaskFileManager) -> None:
+def test_dask_memory_save_onto_a_directory_kept_by_another_worker_raises_is_a_directory_error(
+    dfm: DaskFileManager
+) -> None:
     dfm.save(b"inside", "q/a", "memory").result()  # q is a directory on the first worker in turn
     with pytest.raises(IsADirectoryError):
         dfm.save(b"file", "q", "memory").result()  # the next worker in turn has no q
@@ -181,7 +187,9 @@ def test_dask_memory_recursive_delete_removes_the_directory_from_every_worker(df
 
 
 @pytest.mark.cluster
-def test_dask_memory_save_onto_a_directory_made_by_ensure_directory_raises_is_a_directory_error(dfm: DaskFileManager) -> None:
+def test_dask_memory_save_onto_a_directory_made_by_ensure_directory_raises_is_a_directory_error(
+    dfm: DaskFileManager
+) -> None:
     dfm.ensure_directory("d", "memory").result()  # on the first worker in turn
     with pytest.raises(IsADirectoryError):
         dfm.save(b"file", "d", "memory").result()  # the next worker in turn has no d

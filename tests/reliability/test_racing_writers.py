@@ -23,7 +23,16 @@ import pytest
 
 from polystore.backends.disk import TEMP_PREFIX
 from tests._reliability_ledger import record, scaled
-from tests._reliability_workers import drain, identify, make_backend, racer, read_until, reader, save_repeatedly, token_data
+from tests._reliability_workers import (
+    drain,
+    identify,
+    make_backend,
+    racer,
+    read_until,
+    reader,
+    save_repeatedly,
+    token_data,
+)
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -67,10 +76,16 @@ class ProcessRace:
         self.writer_commands, self.writer_results = SPAWN.Queue(), SPAWN.Queue()
         self.reader_commands, self.reader_results, self.ready = SPAWN.Queue(), SPAWN.Queue(), SPAWN.Queue()
         self.processes = [
-            SPAWN.Process(target=racer, args=(backend, str(root), size, options, self.start, self.writer_commands, self.writer_results))
+            SPAWN.Process(
+                target=racer,
+                args=(backend, str(root), size, options, self.start, self.writer_commands, self.writer_results),
+            )
             for _ in range(WRITERS)
         ] + [
-            SPAWN.Process(target=reader, args=(backend, str(root), size, self.reader_commands, self.stop, self.ready, self.reader_results))
+            SPAWN.Process(
+                target=reader,
+                args=(backend, str(root), size, self.reader_commands, self.stop, self.ready, self.reader_results),
+            )
             for _ in range(READERS)
         ]
         for process in self.processes:
@@ -198,7 +213,9 @@ def check_round(
     assert backend.cleanup() == []
 
 
-def run_rounds(race: ProcessRace | ThreadRace, backend_name: str, root: Path, area: str, rounds: int, writers: int, overwrite: bool) -> None:
+def run_rounds(
+    race: ProcessRace | ThreadRace, backend_name: str, root: Path, area: str, rounds: int, writers: int, overwrite: bool
+) -> None:
     suffix = SETUPS[backend_name][1]
     size = SETUPS[backend_name][0]
     for number in range(rounds):
@@ -225,9 +242,29 @@ def test_processes_racing_to_overwrite_leave_one_writers_data_and_readers_never_
     run_rounds(processes, backend_name, race_root, f"race: {backend_name} processes", ROUNDS, WRITERS, overwrite=True)
 
 
-def test_of_threads_racing_to_save_one_path_exactly_one_wins_and_readers_see_it_whole(backend_name: str, race_root: Path) -> None:
-    run_rounds(ThreadRace(backend_name, race_root), backend_name, race_root, f"race: {backend_name} threads", THREAD_ROUNDS, THREAD_WRITERS, overwrite=False)
+def test_of_threads_racing_to_save_one_path_exactly_one_wins_and_readers_see_it_whole(
+    backend_name: str, race_root: Path
+) -> None:
+    run_rounds(
+        ThreadRace(backend_name, race_root),
+        backend_name,
+        race_root,
+        f"race: {backend_name} threads",
+        THREAD_ROUNDS,
+        THREAD_WRITERS,
+        overwrite=False,
+    )
 
 
-def test_threads_racing_to_overwrite_leave_one_writers_data_and_readers_never_miss_it(backend_name: str, race_root: Path) -> None:
-    run_rounds(ThreadRace(backend_name, race_root), backend_name, race_root, f"race: {backend_name} threads", THREAD_ROUNDS, THREAD_WRITERS, overwrite=True)
+def test_threads_racing_to_overwrite_leave_one_writers_data_and_readers_never_miss_it(
+    backend_name: str, race_root: Path
+) -> None:
+    run_rounds(
+        ThreadRace(backend_name, race_root),
+        backend_name,
+        race_root,
+        f"race: {backend_name} threads",
+        THREAD_ROUNDS,
+        THREAD_WRITERS,
+        overwrite=True,
+    )

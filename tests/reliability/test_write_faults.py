@@ -67,7 +67,8 @@ def temp_bytes(directory: Path) -> int:
     """The bytes written so far into temporary files and directories in ``directory``."""
     total = 0
     for entry in temp_entries(directory):
-        for folder, _, files in os.walk(entry) if os.path.isdir(entry) else [(os.path.dirname(entry), [], [os.path.basename(entry)])]:
+        walk = os.walk(entry) if os.path.isdir(entry) else [(os.path.dirname(entry), [], [os.path.basename(entry)])]
+        for folder, _, files in walk:
             for name in files:
                 try:
                     total += os.lstat(os.path.join(folder, name)).st_size
@@ -134,7 +135,8 @@ def check_after_kill(backend_name: str, root: Path, path: str, first_save: bool,
     assert not lost, f"after the kill {path} is {state}"
     assert state != "old" or not first_save
     if backend.is_dir(directory):  # a first save killed early may not have made it yet
-        assert backend.list_dir(directory) == ([] if state == "missing" else [name]), "a temporary file shows in the listing"
+        listed = backend.list_dir(directory)
+        assert listed == ([] if state == "missing" else [name]), "a temporary file shows in the listing"
         assert backend.list_files(directory) == ([] if state == "missing" else [path])
     else:
         assert state == "missing"

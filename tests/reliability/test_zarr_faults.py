@@ -196,7 +196,9 @@ def test_killed_writer_leftovers_are_hidden_and_cleaned_up(backend: ZarrBackend,
 
 
 # -- damaged arrays ---------------------------------------------------------------------
-def test_truncated_chunk_file_raises_naming_it_while_other_regions_still_load(backend: ZarrBackend, tmp_path: Path) -> None:
+def test_truncated_chunk_file_raises_naming_it_while_other_regions_still_load(
+    backend: ZarrBackend, tmp_path: Path
+) -> None:
     data = np.random.default_rng(2).random((40, 30))
     backend.save(data, "hurt.zarr", chunks=(8, 8))
     chunk = tmp_path / "hurt.zarr" / "c" / "1" / "2"
@@ -210,8 +212,12 @@ def test_truncated_chunk_file_raises_naming_it_while_other_regions_still_load(ba
 
 
 @pytest.mark.parametrize("compressor", [None, "blosc-lz4"])
-def test_corrupt_shard_or_uncompressed_chunk_is_named(backend: ZarrBackend, tmp_path: Path, compressor: str | None) -> None:
-    backend.save(np.arange(64 * 64).reshape(64, 64), "shards.zarr", chunks=(8, 8), shards=(32, 32), compressor=compressor)
+def test_corrupt_shard_or_uncompressed_chunk_is_named(
+    backend: ZarrBackend, tmp_path: Path, compressor: str | None
+) -> None:
+    backend.save(
+        np.arange(64 * 64).reshape(64, 64), "shards.zarr", chunks=(8, 8), shards=(32, 32), compressor=compressor
+    )
     shard = tmp_path / "shards.zarr" / "c" / "1" / "0"
     shard.write_bytes(shard.read_bytes()[:-20])
     with pytest.raises(ValueError, match=str(shard)):
@@ -227,7 +233,11 @@ def test_missing_chunk_file_reads_as_the_fill_value(backend: ZarrBackend, tmp_pa
     np.testing.assert_array_equal(backend.load("holes.zarr"), expected)
 
 
-@pytest.mark.parametrize("content", [None, b'{"node_type": "group", "zarr_format": 3}', b"{not json"], ids=["plain", "group", "broken-metadata"])
+@pytest.mark.parametrize(
+    "content",
+    [None, b'{"node_type": "group", "zarr_format": 3}', b"{not json"],
+    ids=["plain", "group", "broken-metadata"],
+)
 def test_loading_a_directory_that_is_not_an_array_raises_is_a_directory(
     backend: ZarrBackend, tmp_path: Path, content: bytes | None
 ) -> None:
