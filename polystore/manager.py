@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from polystore.backend import PathLike, StorageBackend
@@ -11,6 +12,9 @@ from polystore.registry import BackendRegistry
 
 __all__ = ["FileManager"]
 
+#: Stands for "no registry given": ``FileManager()`` builds a default one, ``FileManager(None)`` is refused.
+_DEFAULT_REGISTRY: Mapping[str, StorageBackend] = MappingProxyType({})
+
 
 class FileManager:
     """Save, load and list data by path, on the backend named in each call.
@@ -18,9 +22,9 @@ class FileManager:
     Parameters
     ----------
     registry
-        Backends by name: a :class:`BackendRegistry` (the default makes a new
+        Backends by name: a :class:`BackendRegistry` (left out, a new default
         one) or any ``Mapping[str, StorageBackend]``, such as a plain dict of
-        instances.
+        instances. ``None`` or anything not a mapping raises ``TypeError``.
 
     Examples
     --------
@@ -31,8 +35,18 @@ class FileManager:
     array([0, 1, 2])
     """
 
-    def __init__(self, registry: Mapping[str, StorageBackend] | None = None) -> None:
-        self.registry: Mapping[str, StorageBackend] = BackendRegistry() if registry is None else registry
+    def __init__(self, registry: Mapping[str, StorageBackend] = _DEFAULT_REGISTRY) -> None:
+        if registry is _DEFAULT_REGISTRY:
+            registry = BackendRegistry()
+        elif not isinstance(registry, Mapping):
+            # None included: a registry that was meant to be configured
+            # (roots, credentials) must not silently become an unconfined one.
+            raise TypeError(
+                f"FileManager takes a BackendRegistry or a Mapping of names to backends, not "
+                f"{type(registry).__name__} ({registry!r}); call FileManager() for a default registry, or "
+                "FileManager(BackendRegistry({'disk': {'root': ...}})) to configure the backends"
+            )
+        self.registry: Mapping[str, StorageBackend] = registry
 
     def get_backend(self, backend: str) -> StorageBackend:
         """Return the backend instance registered as ``backend``.

@@ -38,6 +38,9 @@ class MemoryBackend(StorageBackend):
     def __init__(self) -> None:
         self._files: dict[str, Any] = {}
         self._dirs: set[str] = {""}
+        #: Keys of arrays stored with ``copy=False``: the caller's own buffer,
+        #: which the caller may still change; a copy of one copies the data.
+        self._borrowed: set[str] = set()
         self._lock = threading.Lock()
 
     def _missing(self, path: PathLike) -> FileNotFoundError:
@@ -79,6 +82,10 @@ class MemoryBackend(StorageBackend):
                 if parent not in self._dirs:
                     self._make_dirs(parent, path)
             self._files[key] = stored
+            if not copy and isinstance(data, np.ndarray):
+                self._borrowed.add(key)
+            elif self._borrowed:
+                self._borrowed.discard(key)
 
     def _make_dirs(self, key: str, path: PathLike) -> None:
         """Add ``key`` and its missing ancestors to the directories (lock held)."""
@@ -106,6 +113,7 @@ class MemoryBackend(StorageBackend):
         with self._lock:
             if key in self._files:
                 del self._files[key]
+                self._borrowed.discard(key)
                 return
             if key not in self._dirs:
                 raise self._missing(path)
@@ -118,6 +126,7 @@ class MemoryBackend(StorageBackend):
                 raise OSError(errno.ENOTEMPTY, "memory backend: directory is not empty; pass recursive=True", str(path))
             for name in files:
                 del self._files[name]
+            self._borrowed.difference_update(files)
             self._dirs.difference_update(dirs)
             self._dirs.discard(key)
 
@@ -146,10 +155,20 @@ class MemoryBackend(StorageBackend):
                 )
             self._make_dirs(posixpath.dirname(target), dst)
             # Loads hand out read-only views and copies of dicts, so the
-            # copy can share the stored object.
-            self._files[target] = self._files[source]
+            # copy can share the stored object, unless it is the caller's
+            # own buffer (saved with copy=False), which must not reach a copy.
+            stored = self._files[source]
+            borrowed = source in self._borrowed
+            if borrowed and keep_source:
+                stored, borrowed = stored.copy(), False
+            self._files[target] = stored
+            if borrowed:
+                self._borrowed.add(target)
+            else:
+                self._borrowed.discard(target)
             if not keep_source and source != target:
                 del self._files[source]
+                self._borrowed.discard(source)
 
     # -- reading ---------------------------------------------------------
     def load(self, path: PathLike, **kwargs: Any) -> Any:

@@ -30,6 +30,36 @@ def test_save_with_copy_false_stores_the_callers_array() -> None:
     assert np.shares_memory(backend.load("a.npy"), data)
 
 
+def test_a_copy_of_an_array_saved_with_copy_false_is_independent_of_the_callers_buffer() -> None:
+    backend = MemoryBackend()
+    data = np.zeros(5)
+    backend.save(data, "borrowed.npy", copy=False)
+    backend.copy("borrowed.npy", "copied.npy")
+    data[0] = 42
+    np.testing.assert_array_equal(backend.load("copied.npy"), np.zeros(5))
+    assert backend.load("borrowed.npy")[0] == 42  # copy=False keeps the caller's array, as asked
+
+
+def test_a_moved_array_saved_with_copy_false_still_shares_the_callers_buffer_and_its_copies_do_not() -> None:
+    backend = MemoryBackend()
+    data = np.zeros(3)
+    backend.save(data, "first.npy", copy=False)
+    backend.move("first.npy", "second.npy")
+    backend.copy("second.npy", "third.npy")
+    data[1] = 7
+    assert backend.load("second.npy")[1] == 7
+    np.testing.assert_array_equal(backend.load("third.npy"), np.zeros(3))
+
+
+def test_an_array_overwritten_with_a_copy_is_no_longer_borrowed() -> None:
+    backend = MemoryBackend()
+    caller = np.zeros(3)
+    backend.save(caller, "a.npy", copy=False)
+    backend.save(np.ones(3), "a.npy", overwrite=True)
+    backend.copy("a.npy", "b.npy")
+    assert np.shares_memory(backend.load("a.npy"), backend.load("b.npy"))  # owned: copies share it, read-only
+
+
 def test_load_returns_a_read_only_zero_copy_view() -> None:
     backend = MemoryBackend()
     backend.save(np.arange(4), "a.npy")

@@ -142,6 +142,23 @@ def test_file_manager_accepts_a_plain_dict_of_instances() -> None:
     assert store.load("a.bin") == b"x"
 
 
+def test_file_manager_of_none_raises_type_error_saying_what_to_pass() -> None:
+    with pytest.raises(TypeError, match=r"None.*FileManager\(\)"):
+        FileManager(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("registry", ["disk", ["disk"], BackendRegistry], ids=["str", "list", "the-class"])
+def test_file_manager_of_something_not_a_mapping_raises_type_error(registry: Any) -> None:
+    with pytest.raises(TypeError, match="Mapping"):
+        FileManager(registry)
+
+
+def test_file_manager_without_an_argument_builds_a_default_registry() -> None:
+    fm = FileManager()
+    assert isinstance(fm.registry, BackendRegistry)
+    assert {"disk", "memory", "zarr"} <= set(fm.registry)
+
+
 def test_sixteen_threads_asking_for_one_backend_get_one_instance(scratch_registry: None) -> None:
     created: list[int] = []
 
