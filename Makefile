@@ -6,17 +6,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv test test-deep demo bench bench-quick clean
+.PHONY: venv test docs test-deep demo bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dask,tiff,test]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dask,tiff,test,docs]"
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+	ci/docs.sh
+
+# The documentation, built into docs/_build/html; any warning fails it.
+docs: $(STAMP)
+	ci/docs.sh
 
 demo: $(STAMP)
 	$(BIN)/python examples/pipeline.py

@@ -54,13 +54,13 @@ class StorageBackend(ABC, metaclass=AutoRegisterMeta):
     stored_kinds: ClassVar[frozenset[str]] = frozenset({"array", "bytes", "str", "dict"})
     #: Whether the backend accepts writes.
     supports_writes: ClassVar[bool] = True
-    #: Where the data lives: ``"shared"`` (every worker of a cluster sees the
+    #: Where the data lives, one of ``"shared"`` (every worker of a cluster sees the
     #: same data: a shared filesystem, an object store), ``"process"`` (the
     #: process that wrote it: memory) or ``"host"`` (the node that wrote it,
     #: outliving the process: node-local scratch). ``polystore_dask`` routes
     #: every operation by it.
     locality: ClassVar[Locality] = "shared"
-    #: Whether the backend stores arrays by region: ``create_array(path,
+    #: Whether the backend stores arrays by region, with ``create_array(path,
     #: shape, dtype, chunks, ...)``, ``save(block, path, region=...)`` and
     #: ``load(path, region=...)``, with ``stat`` giving ``shape``, ``dtype``
     #: and ``chunks`` (as zarr does). ``save_array`` writes such a backend
@@ -77,7 +77,7 @@ class StorageBackend(ABC, metaclass=AutoRegisterMeta):
 
     @property
     def path_spelling(self) -> PathSpelling:
-        """How this backend spells paths canonically (default: as keys, ``a/b`` is ``/a/b``).
+        """How this backend spells paths canonically; by default as keys (``a/b`` is ``/a/b``).
 
         Filesystem-like backends return ``PathSpelling("filesystem", root=...)``.
         """

@@ -6,6 +6,7 @@ runs on; :mod:`polystore_dask.array_graphs` builds the graphs that call them.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ from distributed import get_worker
 
 from polystore.errors import UnsupportedFormatError
 from polystore_dask.plugin import get_registry, registry_of
-from polystore_dask.tasks import check_owner, is_rerun, resolve
+from polystore_dask.tasks import check_owner, is_rerun, portable, resolve
 from polystore_dask.workers import Owner
 
 __all__ = [
@@ -61,13 +62,20 @@ def create_array(
 def write_block(block: np.ndarray, backend: str, path: Any, region: tuple[slice, ...], origin: str | None) -> None:
     """Write one block (whole chunks or shards) into the array at ``path``."""
     target = get_registry()[backend]
-    target.save(block, resolve(path, target, origin), region=region)
+    try:
+        target.save(block, resolve(path, target, origin), region=region)
+    except Exception as error:
+        raise portable(error) from None
 
 
 def array_info(backend: str, path: Any, origin: str | None) -> dict[str, Any]:
     """The shape, dtype and chunks of the array at ``path``."""
     target = get_registry()[backend]
     stat = target.stat(resolve(path, target, origin))
+    if stat["type"] == "directory":
+        raise IsADirectoryError(
+            errno.EISDIR, f"{backend} backend: load_array needs an array, and this path is a directory", str(path)
+        )
     if not {"shape", "dtype", "chunks"} <= stat.keys():
         raise UnsupportedFormatError(
             f"load_array cannot read {str(path)!r} from the {backend} backend: it is not an array "
@@ -84,7 +92,10 @@ def read_block(region: tuple[slice, ...], backend: str, path: Any, origin: str |
     ``dask.array.from_zarr`` does once per graph.
     """
     target = get_registry()[backend]
-    block: np.ndarray = target.load(resolve(path, target, origin), region=region)
+    try:
+        block: np.ndarray = target.load(resolve(path, target, origin), region=region)
+    except Exception as error:
+        raise portable(error) from None
     return block
 
 
@@ -118,7 +129,10 @@ def read_kept_block(backend: str, block_path: str, owner: Owner | None) -> np.nd
     worker = get_worker()
     if owner is not None:
         check_owner(owner, worker, backend, [block_path])
-    block: np.ndarray = registry_of(worker)[backend].load(block_path)
+    try:
+        block: np.ndarray = registry_of(worker)[backend].load(block_path)
+    except Exception as error:
+        raise portable(error) from None
     return block
 
 

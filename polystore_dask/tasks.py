@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import posixpath
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+import tblib.pickling_support
 from distributed import get_worker
 from distributed.worker import Worker
 
@@ -34,6 +36,7 @@ __all__ = [
     "is_rerun",
     "join_batches",
     "lost_error",
+    "portable",
     "probe_kinds",
     "probe_listing",
     "probe_stat",
@@ -64,7 +67,41 @@ def attempt(function: Callable[..., Any], *args: Any, after: Sequence[Any] = ())
     try:
         return Outcome(function(*args))
     except Exception as error:
-        return Outcome(error=error)
+        return Outcome(error=portable(error))
+
+
+def portable(error: BaseException) -> BaseException:
+    """``error``, made to reach the client with its own type and message.
+
+    distributed pickles an exception together with its chain of causes
+    (through tblib); a library's exception in that chain that cannot be
+    rebuilt from its pickle (zarr's ``ArrayNotFoundError``, for one) turns
+    the whole error into a bare ``Exception`` on the client. Such a chain is
+    cut; an error that cannot travel itself becomes the nearest builtin type
+    it derives from, with the same message.
+    """
+    if _travels(error):
+        return error
+    error.__cause__ = error.__context__ = None
+    error.__suppress_context__ = True
+    if _travels(error):
+        return error
+    builtin = next(kind for kind in type(error).__mro__ if kind.__module__ == "builtins")
+    replacement = builtin(*error.args) if issubclass(builtin, OSError) else builtin(str(error))
+    return replacement.with_traceback(error.__traceback__)
+
+
+def _travels(error: BaseException) -> bool:
+    """Whether ``error`` survives the pickling distributed gives it on the way to the client."""
+    links = [error]
+    while (following := links[-1].__cause__ or links[-1].__context__) is not None and following not in links:
+        links.append(following)
+    tblib.pickling_support.install(*links)
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return False
+    return True
 
 
 def unwrap(outcome: Outcome) -> Any:
@@ -158,7 +195,7 @@ def call(
             value = _relative_to(value, os.fspath(resolved[0]), os.fspath(args[0]))
         return Outcome(value)
     except Exception as error:
-        return Outcome(error=error)
+        return Outcome(error=portable(error))
 
 
 #: The methods whose re-run after a worker died may find its own earlier writes.
@@ -277,7 +314,7 @@ def delete_here(backend: str, path: str, recursive: bool, worker_id: str, after:
             return Outcome("missing")
         return Outcome("deleted")
     except Exception as error:
-        return Outcome(error=error)
+        return Outcome(error=portable(error))
 
 
 def settle_deletes(outcomes: Sequence[Outcome], backend: str, path: str) -> None:
@@ -314,4 +351,4 @@ def probe_listing(
     try:
         return dask_worker.id, Outcome(getattr(target, method)(path, **kwargs))
     except (FileNotFoundError, NotADirectoryError) as error:
-        return dask_worker.id, Outcome(error=error)
+        return dask_worker.id, Outcome(error=portable(error))
