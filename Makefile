@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv test docs test-deep demo bench bench-quick clean
+.PHONY: venv test docs lint types test-deep demo bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,13 +15,22 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The CI scripts in ci/ run each check; `make test` runs them all.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	ci/lint.sh
+	ci/types.sh
+	ci/tests.sh
 	ci/docs.sh
 
 # The documentation, built into docs/_build/html; any warning fails it.
 docs: $(STAMP)
 	ci/docs.sh
+
+lint: $(STAMP)
+	ci/lint.sh
+
+types: $(STAMP)
+	ci/types.sh
 
 demo: $(STAMP)
 	$(BIN)/python examples/pipeline.py
@@ -33,7 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 bench-quick: $(STAMP)
-	$(BIN)/python -m benchmarks --quick
+	ci/bench-quick.sh
 
 # The whole suite with the reliability tests at deep sizes (POLYSTORE_DEEP=1:
 # many more model-based examples, races, killed writers and killed workers),
