@@ -17,7 +17,16 @@ from typing import Literal
 
 from polystore.errors import InvalidPathError
 
-__all__ = ["PathSpelling", "as_path_string", "confine", "filter_names", "normalize_key"]
+__all__ = [
+    "NAME_MAX",
+    "PathSpelling",
+    "as_path_string",
+    "check_name_lengths",
+    "confine",
+    "filter_names",
+    "names_a_directory",
+    "normalize_key",
+]
 
 
 def as_path_string(path: str | os.PathLike[str], backend: str) -> str:
@@ -44,6 +53,38 @@ def as_path_string(path: str | os.PathLike[str], backend: str) -> str:
     if "\x00" in path:
         raise InvalidPathError(f"{backend} backend: path {path!r} contains a NUL byte")
     return path
+
+
+def names_a_directory(path: str) -> bool:
+    """Whether ``path`` can only name a directory: it ends with ``/`` or its last part is ``.`` or ``..``.
+
+    Saving a file there is refused (``IsADirectoryError``) on every backend,
+    whether or not the directory exists, as POSIX ``open`` refuses to create
+    ``name/``: a trailing slash is never silently dropped to make a file.
+    """
+    return path.endswith(("/", "/.", "/..")) or path in (".", "..")
+
+
+#: The longest file or directory name, in bytes, that common filesystems take (ext4, XFS, tmpfs, NFS, Lustre).
+NAME_MAX = 255
+
+
+def check_name_lengths(path: str, backend: str) -> None:
+    """Raise :class:`InvalidPathError` if a part of ``path`` is longer than :data:`NAME_MAX` bytes (UTF-8).
+
+    Checked before any I/O, so the error names the caller's path rather than
+    a temporary file the OS refused.
+    """
+    if len(path) <= NAME_MAX // 4:  # no part can be too long: a character is at most 4 bytes
+        return
+    for part in path.split("/"):
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            shown = part if len(part) <= 40 else part[:20] + "..." + part[-12:]
+            raise InvalidPathError(
+                f"{backend} backend: the name {shown!r} in path {path!r} is {size} bytes long; file and directory "
+                f"names are limited to {NAME_MAX} bytes: use a shorter name"
+            )
 
 
 #: Canonical keys of recently seen str paths: memory-backend calls are

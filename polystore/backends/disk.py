@@ -26,6 +26,15 @@ __all__ = ["DiskBackend"]
 #: :meth:`DiskBackend.cleanup` removes the ones a killed writer left behind.
 TEMP_PREFIX = ".polystore-tmp-"
 
+
+def temp_name_part(name: str, limit: int) -> str:
+    """``name`` cut to at most ``limit`` bytes, to build a temporary name that stays within NAME_MAX.
+
+    Cut by bytes, not characters: 100 characters can be 400 bytes.
+    """
+    return os.fsdecode(os.fsencode(name)[:limit])
+
+
 #: Files of at least this many bytes are preallocated before writing; see _write_buffers.
 _PREALLOCATE_FROM = 8 << 20
 #: fallocate's mode: reserve the blocks without changing the file's size.
@@ -166,7 +175,7 @@ class DiskBackend(StorageBackend):
     def _write(self, payload: Payload, target: str, path: PathLike, overwrite: bool) -> None:
         """Write ``payload`` to a temporary sibling of ``target``, then move it into place."""
         parent, name = os.path.split(target)
-        temp = os.path.join(parent, f"{TEMP_PREFIX}{os.urandom(8).hex()}-{name[:200]}")
+        temp = os.path.join(parent, f"{TEMP_PREFIX}{os.urandom(8).hex()}-{temp_name_part(name, 200)}")
         raw = self._create_temp(temp, parent, path)
         try:
             with raw:

@@ -5,33 +5,39 @@ zarr is imported on first use, not when this module is imported.
 
 from __future__ import annotations
 
+import difflib
 import errno
 import os
 import posixpath
 import shutil
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from polystore.backend import PathLike, StorageBackend
+from polystore.backend import PathLike, StorageBackend, check_batch_lengths
 from polystore.backends.zarr.create import (
+    array_layout,
     as_array,
+    check_zarr_dtype,
     compressor_name,
     compressors_for,
     create_zarr_array,
     import_zarr,
+    stored_dtype,
 )
 from polystore.backends.zarr.regions import (
+    check_selection_bounds,
     find_unreadable_chunk,
     load_selection,
+    region_writer,
     settle_pending_writes,
-    write_region,
 )
 from polystore.backends.zarr.swap import directory_identity, discard, tree_size
 from polystore.backends.zarr.tree import ARRAY, DIRECTORY, OTHER, ArrayTree
-from polystore.paths import PathSpelling, filter_names
+from polystore.paths import PathSpelling, check_name_lengths, filter_names
 
 if TYPE_CHECKING:
     import zarr
@@ -42,6 +48,22 @@ __all__ = ["ZarrBackend"]
 _READ_ATTEMPTS = 5
 #: How many opened arrays a backend keeps for reuse (cleared when full).
 _OPENED_LIMIT = 64
+#: The options ``save`` takes besides ``overwrite``; any other is refused, naming these.
+_SAVE_OPTIONS = ("chunks", "shards", "compressor", "attributes", "region")
+#: The options ``load`` takes.
+_LOAD_OPTIONS = ("region",)
+
+
+def _unexpected_options(operation: str, unknown: Sequence[str], path: PathLike, known: Sequence[str]) -> TypeError:
+    hints = [
+        f"did you mean {close[0]!r} for {name!r}?"
+        for name in unknown
+        if (close := difflib.get_close_matches(name, known, 1))
+    ]
+    return TypeError(
+        f"zarr backend: {operation} of {os.fspath(path)!r} got unexpected options {', '.join(map(repr, unknown))}; "
+        f"it takes {', '.join(known)}" + (f" ({' '.join(hints)})" if hints else "")
+    )
 
 
 class ZarrBackend(StorageBackend):
@@ -153,8 +175,11 @@ class ZarrBackend(StorageBackend):
             Write ``data`` into this region (a tuple of slices with step 1;
             missing trailing dimensions are whole) of the existing array at
             ``path`` instead of creating one. The block's shape must equal the
-            region's, and its dtype must cast to the array's within its kind
-            (float64 into float32 is fine, float into int is not).
+            region's, and no value may change on the way in: integers must
+            fit the array's integer dtype (70000 never becomes 4464 in an
+            int16 array), floats may round within their kind (float64 into
+            float32) but not overflow, and casts across kinds (float into
+            int) are refused.
             ``overwrite`` and ``compressor`` are ignored; ``chunks``,
             ``shards`` and ``attributes`` must not be given.
 
@@ -168,37 +193,83 @@ class ZarrBackend(StorageBackend):
         FileExistsError
             Something is at ``path`` and ``overwrite`` is false.
         IsADirectoryError
-            ``path`` is a directory that is not a zarr array.
+            ``path`` is a directory that is not a zarr array, or names one
+            (``.``, the root, a trailing ``/``).
         NotADirectoryError
             A parent of ``path`` is a file or a zarr array.
         UnsupportedFormatError
-            ``data`` is not an array.
+            ``data`` is not an array, or has a dtype zarr would not give back
+            exactly (float128, a datetime64 without unit, a masked array...);
+            the message says what to use instead.
+        InvalidPathError
+            A name in ``path`` is longer than 255 bytes.
         ValueError
-            Unknown compressor; with ``region``: a region outside the array or
-            a block of another shape (the array is left unchanged).
+            Unknown compressor, chunks or shards that are not positive (one
+            per dimension, shards a multiple of chunks); with ``region``: a
+            region outside the array, a block of another shape or values that
+            do not fit the array's dtype (the array is left unchanged).
         TypeError
-            An option the zarr backend does not take; with ``region``: a
-            dtype that does not cast safely (the array is left unchanged).
+            An option the zarr backend does not take; with ``region``: a cast
+            across kinds (the array is left unchanged).
         """
-        if kwargs:
-            raise TypeError(f"zarr backend: save got unexpected options {sorted(kwargs)}")
+        self._plan_save(
+            data, path, overwrite,
+            {"chunks": chunks, "shards": shards, "compressor": compressor, "attributes": attributes, "region": region,
+             **kwargs},
+            check_state=False,
+        )()
+
+    def check_save(self, data: Any, path: PathLike, *, overwrite: bool = False, **kwargs: Any) -> None:
+        # docstring inherited
+        self._plan_save(data, path, overwrite, kwargs, check_state=True)
+
+    def save_batch(
+        self, data_list: Sequence[Any], paths: Sequence[PathLike], *, overwrite: bool = False, **kwargs: Any
+    ) -> None:
+        # docstring inherited
+        check_batch_lengths(data_list, paths, self.name)
+        if kwargs.get("region") is None:  # blocks of one batch may go into one array
+            self._tree.check_distinct([self._tree.resolve(path) for path in paths], paths, overwrite)
+        writes = [
+            self._plan_save(data, path, overwrite, dict(kwargs), check_state=True)
+            for data, path in zip(data_list, paths, strict=True)
+        ]
+        for write in writes:
+            write()
+
+    def _plan_save(
+        self, data: Any, path: PathLike, overwrite: bool, options: dict[str, Any], *, check_state: bool
+    ) -> Callable[[], None]:
+        """Check a save completely and return the function that writes it; nothing is written before that.
+
+        With ``check_state`` it also refuses what the store holds now (a path
+        taken without ``overwrite``, a parent that is a file), as a batch
+        needs; a single save leaves that to the exclusive write itself.
+        """
+        unknown = sorted(set(options) - set(_SAVE_OPTIONS))
+        if unknown:
+            raise _unexpected_options("save", unknown, path, _SAVE_OPTIONS)
+        chunks, shards, attributes = options.get("chunks"), options.get("shards"), options.get("attributes")
+        region = options.get("region")
         target = self._tree.resolve(path)
-        array = as_array(data, path)
         if region is not None:
+            array = as_array(data, path)
             if chunks is not None or shards is not None or attributes is not None:
                 raise TypeError(
-                    "zarr backend: chunks, shards and attributes apply when creating an array, "
-                    "not to a region write into an existing one"
+                    f"zarr backend: chunks, shards and attributes apply when creating an array, "
+                    f"not to a region write into the existing one at {os.fspath(path)!r}; leave them out"
                 )
-            write_region(self._open(target, path, mode="r+"), array, region, str(path))
-            return
-
-        codecs = compressors_for(compressor)
+            return region_writer(self._open(target, path, mode="r+"), array, region, str(path))
+        self._tree.check_new_name(target, path)
+        array = as_array(data, path)
+        codecs = compressors_for(options.get("compressor", "zstd"))
+        layout = array_layout(array.shape, array.dtype, chunks, shards, path)
+        if check_state:
+            self._tree.check_free(target, path, overwrite)
 
         def write(temp: Path) -> None:
             created = create_zarr_array(
-                temp, array.shape, array.dtype, chunks=chunks, shards=shards,
-                compressors=codecs, fill_value=None, attributes=attributes,
+                temp, layout, array.dtype, compressors=codecs, fill_value=None, attributes=attributes
             )
             if array.size:
                 try:
@@ -207,7 +278,7 @@ class ZarrBackend(StorageBackend):
                     settle_pending_writes()
                     raise
 
-        self._tree.build(target, path, overwrite, write)
+        return lambda: self._tree.build(target, path, overwrite, write)
 
     def create_array(
         self,
@@ -240,16 +311,27 @@ class ZarrBackend(StorageBackend):
         ------
         FileExistsError
             Something is at ``path`` and ``overwrite`` is false.
+        ValueError
+            ``chunks`` or ``shards`` are not positive, one per dimension, or
+            shards are not a multiple of the chunks; nothing is created.
+        UnsupportedFormatError
+            A dtype zarr would not give back exactly; nothing is created.
         """
         target = self._tree.resolve(path)
+        self._tree.check_new_name(target, path)
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError as error:
+            raise TypeError(f"zarr backend: dtype {dtype!r} for the array at {os.fspath(path)!r}: {error}") from None
+        check_zarr_dtype(dtype, path)
         codecs = compressors_for(compressor)
+        layout = array_layout(shape, dtype, chunks, shards, path)
         self._tree.build(
             target,
             path,
             overwrite,
             lambda temp: create_zarr_array(
-                temp, shape, dtype, chunks=chunks, shards=shards,
-                compressors=codecs, fill_value=fill_value, attributes=attributes,
+                temp, layout, dtype, compressors=codecs, fill_value=fill_value, attributes=attributes
             ),
         )
         return self._open(target, path, mode="r+")
@@ -257,6 +339,7 @@ class ZarrBackend(StorageBackend):
     def ensure_directory(self, path: PathLike) -> None:
         # docstring inherited
         target = self._tree.resolve(path)
+        check_name_lengths(os.fspath(path), "zarr")
         kind = self._tree.kind(target)
         if kind in (ARRAY, OTHER):
             what = "a zarr array" if kind == ARRAY else "a file"
@@ -287,12 +370,14 @@ class ZarrBackend(StorageBackend):
     def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
         # docstring inherited
         source, target = self._tree.resolve(src), self._tree.resolve(dst)
+        self._tree.check_new_name(target, dst)
         self._tree.require_array(source, src, "copy")
         self._tree.build(target, dst, overwrite, lambda temp: shutil.copytree(source, temp, symlinks=True))
 
     def move(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
         # docstring inherited
         source, target = self._tree.resolve(src), self._tree.resolve(dst)
+        self._tree.check_new_name(target, dst)
         self._tree.require_array(source, src, "move")
         if source == target:
             self._tree.raise_if_taken(ARRAY, dst, overwrite)
@@ -364,8 +449,9 @@ class ZarrBackend(StorageBackend):
         path
             The array directory.
         region
-            A basic selection (a tuple of slices and ints, as in numpy);
-            only the chunks it touches are read.
+            A basic selection (a tuple of slices and ints, as in numpy, with
+            negative indices counting from the end) inside the array; only
+            the chunks it touches are read.
 
         Raises
         ------
@@ -376,12 +462,14 @@ class ZarrBackend(StorageBackend):
         UnsupportedFormatError
             ``path`` is a file that is not a zarr array.
         ValueError
-            A chunk file is truncated or corrupt; the message names it.
+            ``region`` reaches outside the array (it is never clipped to a
+            shorter tile), or a chunk file is truncated or corrupt; the
+            message names the region and shape, or the chunk file.
         TypeError
             An option the zarr backend does not take.
         """
         if kwargs:
-            raise TypeError(f"zarr backend: load got unexpected options {sorted(kwargs)}")
+            raise _unexpected_options("load", sorted(kwargs), path, _LOAD_OPTIONS)
         target = self._tree.resolve(path)
         selection = load_selection(region)
         for attempt in range(_READ_ATTEMPTS):
@@ -389,7 +477,7 @@ class ZarrBackend(StorageBackend):
             # we read (chunk files are opened by name), read again.
             before = directory_identity(target)
             try:
-                result = self._read(target, path, selection, before)
+                result = self._read(target, path, selection, region, before)
             except Exception:
                 if directory_identity(target) == before or attempt == _READ_ATTEMPTS - 1:
                     raise
@@ -402,10 +490,13 @@ class ZarrBackend(StorageBackend):
             str(path),
         )
 
-    def _read(self, target: Path, path: PathLike, selection: Any, identity: Any) -> np.ndarray:
+    def _read(self, target: Path, path: PathLike, selection: Any, region: Any, identity: Any) -> np.ndarray:
         array = self._open(target, path, mode="r", identity=identity)
+        check_selection_bounds(selection, array.shape, region, str(path))
         try:
-            return np.asarray(array[selection])
+            # zarr gives a 0-d selection as a scalar (a bytes_ scalar loses its
+            # width) and every array in native byte order: give back the dtype stored.
+            return np.asarray(array[selection], dtype=stored_dtype(array))
         except OSError:
             raise
         except Exception as error:
@@ -473,7 +564,7 @@ class ZarrBackend(StorageBackend):
             "size": tree_size(target),
             "mtime": os.stat(target / "zarr.json").st_mtime,
             "shape": array.shape,
-            "dtype": array.dtype,
+            "dtype": stored_dtype(array),
             "chunks": array.chunks,
             "shards": array.shards,
             "compressor": compressor_name(array),

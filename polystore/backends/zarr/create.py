@@ -6,6 +6,7 @@ zarr is imported here on first use only, so ``import polystore`` stays light.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -21,12 +22,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COMPRESSORS",
+    "array_layout",
     "as_array",
+    "check_zarr_dtype",
     "compressor_name",
     "compressors_for",
     "create_zarr_array",
     "default_chunks",
     "import_zarr",
+    "stored_dtype",
 ]
 
 #: The compressor names ``save`` and ``create_array`` accept (and ``None``).
@@ -48,7 +52,13 @@ def import_zarr() -> ModuleType:
 
 
 def as_array(data: Any, path: PathLike) -> np.ndarray:
-    """``data`` as a numpy array (not copied if it is one), or UnsupportedFormatError."""
+    """``data`` as a numpy array (not copied if it is one) whose dtype zarr keeps exactly, or UnsupportedFormatError."""
+    if isinstance(data, np.ma.MaskedArray):
+        raise UnsupportedFormatError(
+            f"zarr backend: cannot store the masked array at {str(path)!r}: zarr keeps no mask, which would be "
+            "dropped; save np.ma.getdata(a) and np.ma.getmaskarray(a) as two arrays, or use the 'memory' "
+            "backend, which keeps the mask"
+        )
     if not isinstance(data, np.ndarray):
         if isinstance(data, (str, bytes, bytearray, memoryview, dict, list, tuple)) or not (
             isinstance(data, np.generic) or hasattr(data, "__array__")
@@ -58,12 +68,76 @@ def as_array(data: Any, path: PathLike) -> np.ndarray:
                 f"(at {str(path)!r}); use the 'disk' or 'memory' backend for other data"
             )
         data = np.asarray(data)
-    if data.dtype.hasobject:
-        raise UnsupportedFormatError(
-            f"zarr backend cannot store an object array at {str(path)!r}; "
-            "convert it to a numeric or string dtype, or use the 'disk' backend"
-        )
+    check_zarr_dtype(data.dtype, path)
     return data
+
+
+def check_zarr_dtype(dtype: np.dtype[Any], path: PathLike) -> None:
+    """Refuse, naming what to use instead, a dtype that zarr would not give back exactly.
+
+    Kept: bool, integers, floats and complex of every size zarr has (not
+    float128), in either byte order; datetime64 and timedelta64 with a unit;
+    fixed-width bytes (``S``), str (``U``) and void (``V``); variable-width
+    str (``StringDType`` without ``na_object``); structured dtypes of such
+    fields, packed and in native byte order.
+    """
+    if dtype.hasobject and not isinstance(dtype, np.dtypes.StringDType):
+        raise UnsupportedFormatError(
+            f"zarr backend cannot store an object array at {str(path)!r}; polystore never stores pickled "
+            "objects: convert it to a numeric or string dtype (np.dtypes.StringDType() for str of any length), "
+            "or save plain Python values (a.tolist()) to a .json file with the 'disk' backend"
+        )
+    import_zarr()
+    from zarr.core.dtype import get_data_type_from_native_dtype
+
+    def refuse(reason: str, instead: str) -> UnsupportedFormatError:
+        return UnsupportedFormatError(
+            f"zarr backend: cannot store dtype {dtype} at {str(path)!r}: {reason}; {instead}"
+        )
+
+    npy = "or save it as .npy with the 'disk' backend, which keeps every dtype but object"
+    if dtype.kind in "Mm" and np.datetime_data(dtype)[0] == "generic":
+        raise refuse(
+            f"a {dtype} without a unit has no zarr fill value",
+            f"give it a unit, e.g. astype('{dtype.kind}8[s]'), {npy}",
+        )
+    try:
+        stored = get_data_type_from_native_dtype(dtype).to_native_dtype()
+    except (TypeError, ValueError):
+        stored = None
+    if stored is None:
+        raise refuse("zarr has no data type for it", f"convert it (float128 to float64 loses precision), {npy}")
+    if stored != dtype:
+        raise refuse(f"zarr would give it back as {stored}", npy)
+    if dtype.fields and _has_byte_order(dtype, ">" if sys.byteorder == "little" else "<"):
+        raise refuse("zarr gives structured fields back in native byte order", f"convert the fields, {npy}")
+
+
+def _has_byte_order(dtype: np.dtype[Any], order: str) -> bool:
+    """Whether ``dtype`` or any of its (nested) fields is in byte ``order``."""
+    if dtype.fields:
+        return any(_has_byte_order(field[0], order) for field in dtype.fields.values())
+    if dtype.subdtype is not None:
+        return _has_byte_order(dtype.subdtype[0], order)
+    return dtype.byteorder == order
+
+
+def _endian(dtype: np.dtype[Any]) -> str | None:
+    """``"big"`` or ``"little"`` for a dtype with a byte order, else None."""
+    if dtype.byteorder == "|" or dtype.fields or dtype.kind == "T":
+        return None
+    if dtype.byteorder == "=":
+        return sys.byteorder
+    return "big" if dtype.byteorder == ">" else "little"
+
+
+def stored_dtype(array: zarr.Array) -> np.dtype[Any]:
+    """The dtype ``array`` was saved with: zarr gives every array in native byte order, whatever it stores."""
+    dtype = array.dtype
+    endian = getattr(getattr(array.serializer, "endian", None), "value", None)
+    if endian is None or _endian(dtype) in (None, endian):
+        return dtype
+    return dtype.newbyteorder("<" if endian == "little" else ">")
 
 
 def compressors_for(compressor: str | None) -> Any:
@@ -147,31 +221,69 @@ def _chunks_inside_shards(shards: Sequence[int], dtype: Any) -> tuple[int, ...]:
     return tuple(chunks)
 
 
-def create_zarr_array(
-    path: Path,
+def array_layout(
     shape: int | Sequence[int],
     dtype: Any,
+    chunks: Any,
+    shards: Any,
+    path: PathLike,
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...] | None]:
+    """Check a requested layout and return ``(shape, chunks, shards)``, before anything is created.
+
+    ``chunks`` and ``shards`` are None (the default) or one positive integer
+    per dimension (an int for a 1-d array); shards must be whole multiples of
+    the chunks. ``chunks=None`` picks :func:`default_chunks` (chunks dividing
+    the shards when sharded).
+
+    Raises
+    ------
+    TypeError
+        A value that is not an integer (or sequence of them).
+    ValueError
+        A side that is not positive, or the wrong number of sides, or shards
+        that chunks do not divide. Each message names the value, the array's
+        shape and the path.
+    """
+    shape = _as_shape(shape, "shape", None, path)
+    if shards is not None:
+        shards = _as_shape(shards, "shards", shape, path)
+    if chunks is None:
+        chunks = default_chunks(shape, dtype) if shards is None else _chunks_inside_shards(shards, dtype)
+    else:
+        chunks = _as_shape(chunks, "chunks", shape, path)
+    if shards is not None and any(shard % chunk for shard, chunk in zip(shards, chunks, strict=True)):
+        raise ValueError(
+            f"zarr backend: shards {shards} for the array at {str(path)!r} are not a whole multiple of the "
+            f"chunks {chunks} in every dimension; give shards such as "
+            f"{tuple(-(-shard // chunk) * chunk for shard, chunk in zip(shards, chunks, strict=True))}"
+        )
+    return shape, chunks, shards
+
+
+def create_zarr_array(
+    path: Path,
+    layout: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...] | None],
+    dtype: Any,
     *,
-    chunks: int | Sequence[int] | None,
-    shards: int | Sequence[int] | None,
     compressors: Any,
     fill_value: Any,
     attributes: dict[str, Any] | None,
 ) -> zarr.Array:
-    """Create a zarr v3 array in a local directory that must not exist yet.
+    """Create a zarr v3 array in a local directory that holds no array yet.
 
-    ``compressors`` is what :func:`compressors_for` returned.
+    ``layout`` is what :func:`array_layout` returned and ``compressors`` what
+    :func:`compressors_for` returned.
     """
     zarr = import_zarr()
     from zarr.storage import LocalStore
 
-    shape = _as_shape(shape)
-    shards = None if shards is None else _as_shape(shards)
-    if chunks is not None:
-        chunks = _as_shape(chunks)
-    else:
-        chunks = default_chunks(shape, dtype) if shards is None else _chunks_inside_shards(shards, dtype)
+    shape, chunks, shards = layout
     options: dict[str, Any] = {} if fill_value is None else {"fill_value": fill_value}
+    endian = _endian(np.dtype(dtype))
+    if endian is not None and endian != "little":
+        from zarr.codecs import BytesCodec
+
+        options["serializer"] = BytesCodec(endian=endian)  # kept in the metadata, read back by stored_dtype
     return zarr.create_array(
         store=LocalStore(path),
         shape=shape,
@@ -185,5 +297,30 @@ def create_zarr_array(
     )
 
 
-def _as_shape(value: int | Sequence[int]) -> tuple[int, ...]:
-    return (int(value),) if isinstance(value, (int, np.integer)) else tuple(int(size) for size in value)
+def _as_shape(value: Any, what: str, shape: tuple[int, ...] | None, path: PathLike) -> tuple[int, ...]:
+    """``value`` as a tuple of ints: sizes of a ``shape`` (>= 0), or sides of ``what`` (> 0, one per dimension)."""
+    sides = (value,) if isinstance(value, (int, np.integer)) else value
+    if isinstance(sides, (str, bytes)) or not isinstance(sides, Sequence) or not all(
+        isinstance(side, (int, np.integer)) and not isinstance(side, (bool, np.bool_)) for side in sides
+    ):
+        raise TypeError(
+            f"zarr backend: {what} {value!r} for the array at {str(path)!r} must be integers, "
+            f"one per dimension, such as (256, 256)"
+        )
+    result = tuple(int(side) for side in sides)
+    if shape is None:
+        if any(side < 0 for side in result):
+            raise ValueError(f"zarr backend: shape {result} for the array at {str(path)!r} has a negative size")
+        return result
+    if len(result) != len(shape):
+        raise ValueError(
+            f"zarr backend: {what} {value!r} for the array at {str(path)!r} must give one per dimension "
+            f"(one side each), and the array of shape {shape} has {len(shape)} dimensions"
+        )
+    if any(side <= 0 for side in result):
+        example = tuple(max(1, size) for size in shape)
+        raise ValueError(
+            f"zarr backend: {what} {value!r} for the array at {str(path)!r} (shape {shape}) must be positive "
+            f"in every dimension, even where the array is empty; give e.g. {what}={example}"
+        )
+    return result

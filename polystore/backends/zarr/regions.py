@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,7 +14,14 @@ from polystore.backends.zarr.create import import_zarr
 if TYPE_CHECKING:
     import zarr
 
-__all__ = ["find_unreadable_chunk", "load_selection", "settle_pending_writes", "write_region"]
+__all__ = [
+    "check_selection_bounds",
+    "check_values_fit",
+    "find_unreadable_chunk",
+    "load_selection",
+    "region_writer",
+    "settle_pending_writes",
+]
 
 
 def settle_pending_writes() -> None:
@@ -37,36 +45,42 @@ def settle_pending_writes() -> None:
     sync(wait_for_others())
 
 
+def _outside(region: Any, shape: tuple[int, ...], path: str, detail: str) -> ValueError:
+    return ValueError(
+        f"zarr backend: region {region!r} is outside the array at {path!r} of shape {shape} ({detail}); "
+        "give a region inside the array: a shorter tile is never returned or written in its place"
+    )
+
+
 def _region_slices(region: Any, shape: tuple[int, ...], path: str) -> tuple[slice, ...]:
     """Return ``region`` as one ``slice(start, stop)`` per dimension, inside ``shape``."""
     items = region if isinstance(region, tuple) else (region,)
     if len(items) > len(shape):
-        raise ValueError(
-            f"zarr backend: region {region!r} has {len(items)} dimensions but the array "
-            f"at {path!r} has {len(shape)}"
-        )
+        raise _outside(region, shape, path, f"it has {len(items)} dimensions, the array {len(shape)}")
     items = items + (slice(None),) * (len(shape) - len(items))
     slices = []
     for item, size in zip(items, shape, strict=True):
         if not isinstance(item, slice) or item.step not in (None, 1):
             raise TypeError(
-                f"zarr backend: a write region is a tuple of slices with step 1, got {region!r}"
+                f"zarr backend: a write region is a tuple of slices with step 1, got {region!r} "
+                f"for the array at {path!r}"
             )
         start = 0 if item.start is None else item.start
         stop = size if item.stop is None else item.stop
-        if not (isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer))) or not (
-            0 <= start <= stop <= size
-        ):
-            raise ValueError(
-                f"zarr backend: region {region!r} is outside the array at {path!r} of shape "
-                f"{shape}; give 0 <= start <= stop <= size in every dimension"
-            )
+        if not (isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer))):
+            raise TypeError(f"zarr backend: region {region!r} for the array at {path!r} must have int bounds")
+        if not 0 <= start <= stop <= size:
+            raise _outside(region, shape, path, "a write needs 0 <= start <= stop <= size in every dimension")
         slices.append(slice(int(start), int(stop)))
     return tuple(slices)
 
 
-def write_region(target: zarr.Array, block: np.ndarray, region: Any, path: str) -> None:
-    """Write ``block`` into ``region`` of ``target`` after checking bounds, shape and dtype."""
+def region_writer(target: zarr.Array, block: np.ndarray, region: Any, path: str) -> Callable[[], None]:
+    """Check ``block`` against ``region`` of ``target`` (bounds, shape, values) and return the write to run.
+
+    Nothing is written until the returned function is called, so a batch can
+    check every block first.
+    """
     slices = _region_slices(region, target.shape, path)
     expected = tuple(item.stop - item.start for item in slices)
     if block.shape != expected:
@@ -74,13 +88,64 @@ def write_region(target: zarr.Array, block: np.ndarray, region: Any, path: str) 
             f"zarr backend: block of shape {block.shape} does not fit region {region!r} "
             f"of shape {expected} in the array at {path!r}"
         )
-    if not np.can_cast(block.dtype, target.dtype, casting="same_kind"):
+    check_values_fit(block, target.dtype, path)
+
+    def write() -> None:
+        if block.size:
+            target[slices] = block
+
+    return write
+
+
+def check_values_fit(block: np.ndarray, dtype: np.dtype[Any], path: str) -> None:
+    """Refuse a block whose values the array's ``dtype`` would change (a wrapped integer, an overflow, a cut string).
+
+    Accepted: every cast numpy calls "safe"; integer (and bool) blocks into an
+    integer array when every value lies in its range; casts within a kind
+    (numpy's "same_kind", e.g. float64 into float32) that round floats to the
+    nearest value but turn no finite value infinite, and change no datetime,
+    timedelta or string value. Anything else raises: ``TypeError`` across
+    kinds (float into int, complex into float, int into bool), ``ValueError``
+    for values that do not fit.
+    """
+    source = block.dtype
+    if source == dtype or (block.size == 0 and np.can_cast(source, dtype, "same_kind")):
+        return
+    if source.kind in "biu" and dtype.kind in "iu":
+        low, high = (int(block.min()), int(block.max())) if block.size else (0, 0)
+        limits = np.iinfo(dtype)
+        if low < limits.min or high > limits.max:
+            raise ValueError(
+                f"zarr backend: cannot write the {source} block into the {dtype} array at {path!r}: its values "
+                f"reach {low if low < limits.min else high}, outside {dtype}'s range {limits.min} to {limits.max}, "
+                "and would wrap; nothing was written. Write values that fit, or create the array with a wider dtype"
+            )
+        return
+    if np.can_cast(source, dtype, "safe") and source.kind not in "Mm":
+        return
+    if not np.can_cast(source, dtype, "same_kind"):
         raise TypeError(
-            f"zarr backend: cannot write {block.dtype} data into the {target.dtype} array "
-            f"at {path!r} without an unsafe cast; convert the block with astype first"
+            f"zarr backend: cannot write {source} data into the {dtype} array at {path!r}: the cast would change "
+            f"values (numpy allows it only as an unsafe cast); nothing was written. Convert the block with "
+            f"astype({str(dtype)!r}) yourself if that is what you mean"
         )
-    if block.size:
-        target[slices] = block
+    with np.errstate(all="ignore"):
+        converted = block.astype(dtype)
+        if dtype.kind in "fc":
+            changed = bool(np.any(np.isfinite(block) & ~np.isfinite(converted)))
+            what = "finite values would become infinite"
+        else:
+            back = converted.astype(source)
+            if source.kind in "Mm":
+                changed = not np.array_equal(back.view(np.int64), block.view(np.int64))
+            else:
+                changed = not np.array_equal(back, block)
+            what = "values would be cut or changed"
+    if changed:
+        raise ValueError(
+            f"zarr backend: cannot write the {source} block into the {dtype} array at {path!r}: {what}; "
+            "nothing was written. Write values that fit, or create the array with a wider dtype"
+        )
 
 
 def load_selection(region: Any) -> Any:
@@ -94,6 +159,31 @@ def load_selection(region: Any) -> Any:
                 f"zarr backend: region must be slices and ints (a basic selection), got {region!r}"
             )
     return items
+
+
+def check_selection_bounds(selection: Any, shape: tuple[int, ...], region: Any, path: str) -> None:
+    """Refuse a load region reaching outside ``shape``, as a region write is refused.
+
+    numpy and zarr clip such slices, which would hand back a shorter tile
+    than asked for. Negative indices count from the end, as in numpy.
+    """
+    if selection is Ellipsis:
+        return
+    items = [item for item in selection if item is not Ellipsis]
+    if sum(item is Ellipsis for item in selection) > 1:
+        raise TypeError(f"zarr backend: region {region!r} for the array at {path!r} has more than one Ellipsis")
+    if len(items) > len(shape):
+        raise _outside(region, shape, path, f"it has {len(items)} dimensions, the array {len(shape)}")
+    at = next((i for i, item in enumerate(selection) if item is Ellipsis), len(selection))
+    dims = list(range(at)) + list(range(len(shape) - (len(selection) - at - 1), len(shape)))
+    for item, dim in zip(items, dims, strict=True):
+        size = shape[dim]
+        if isinstance(item, slice):
+            for bound in (item.start, item.stop):
+                if bound is not None and not -size <= bound <= size:
+                    raise _outside(region, shape, path, f"{bound} is past dimension {dim} of size {size}")
+        elif not -size <= item < size:
+            raise _outside(region, shape, path, f"index {item} is past dimension {dim} of size {size}")
 
 
 def _touched(selection: tuple[Any, ...], shape: tuple[int, ...]) -> list[range]:

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from polystore.backends.disk import TEMP_PREFIX
+from polystore.backends.disk import TEMP_PREFIX, temp_name_part
 
 __all__ = [
     "TEMP_PREFIX",
@@ -77,7 +77,7 @@ def _try_renameat2(src: Path, dst: Path, flags: int) -> bool:
 @contextlib.contextmanager
 def _renaming_lock(target: Path) -> Iterator[None]:
     """Hold the lock directory beside ``target`` (the fallback without ``renameat2``)."""
-    lock = target.with_name(f"{TEMP_PREFIX}{target.name[:100]}.lock")
+    lock = target.with_name(f"{TEMP_PREFIX}{temp_name_part(target.name, 100)}.lock")
     deadline = time.monotonic() + _LOCK_TIMEOUT
     while True:
         try:
@@ -124,7 +124,7 @@ def swap_in(new: Path, target: Path) -> Path:
 
 def temp_sibling(path: Path) -> Path:
     """Return an unused hidden path in the directory of ``path``."""
-    return path.with_name(f"{TEMP_PREFIX}{path.name[:100]}-{uuid.uuid4().hex[:16]}")
+    return path.with_name(f"{TEMP_PREFIX}{temp_name_part(path.name, 100)}-{uuid.uuid4().hex[:16]}")
 
 
 def discard(path: Path) -> None:

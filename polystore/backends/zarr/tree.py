@@ -12,7 +12,7 @@ import os
 import shutil
 import stat as stat_module
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from polystore.backend import PathLike
@@ -25,7 +25,7 @@ from polystore.backends.zarr.swap import (
     temp_sibling,
 )
 from polystore.errors import InvalidPathError, UnsupportedFormatError
-from polystore.paths import confine
+from polystore.paths import check_name_lengths, confine, names_a_directory
 
 __all__ = ["ARRAY", "DIRECTORY", "OTHER", "ArrayTree"]
 
@@ -155,6 +155,50 @@ class ArrayTree:
             raise FileExistsError(
                 errno.EEXIST, "zarr backend: an array exists at this path; pass overwrite=True to replace it", str(path)
             )
+
+    # -- checks before writing -------------------------------------------
+    def check_new_name(self, target: Path, path: PathLike) -> None:
+        """Refuse, before any I/O, a path no array can be created at: a directory's name, or a name too long."""
+        text = os.fspath(path)
+        if names_a_directory(text) or target == self.root:
+            raise IsADirectoryError(
+                errno.EISDIR,
+                "zarr backend: this path names a directory (the root, '.', or a trailing '/'); "
+                "give the array its own name, such as 'images/a.zarr'",
+                text,
+            )
+        check_name_lengths(text, "zarr")
+
+    def check_free(self, target: Path, path: PathLike, overwrite: bool) -> None:
+        """Raise what creating an array at ``target`` would raise, as the tree is now."""
+        self.raise_if_taken(self.kind(target), path, overwrite)
+        parent = target.parent
+        if is_array_dir(parent) or self.array_ancestor(parent) is not None:
+            raise NotADirectoryError(errno.ENOTDIR, "zarr backend: a parent of this path is a zarr array", str(path))
+        try:
+            is_directory = stat_module.S_ISDIR(os.stat(parent).st_mode)
+        except FileNotFoundError:
+            return
+        except NotADirectoryError:
+            is_directory = False
+        if not is_directory:
+            raise NotADirectoryError(errno.ENOTDIR, "zarr backend: a parent of this path is a file", str(path))
+
+    @staticmethod
+    def check_distinct(targets: list[Path], paths: Sequence[PathLike], overwrite: bool) -> None:
+        """Refuse a batch that names one array twice without ``overwrite`` (its second save could only fail)."""
+        if overwrite:
+            return
+        seen: dict[Path, PathLike] = {}
+        for target, path in zip(targets, paths, strict=True):
+            if target in seen:
+                raise FileExistsError(
+                    errno.EEXIST,
+                    f"zarr backend: save_batch names this array twice (also as {os.fspath(seen[target])!r}); "
+                    "give each item its own path, or pass overwrite=True",
+                    str(path),
+                )
+            seen[target] = path
 
     # -- creating --------------------------------------------------------
     def make_directories(self, directory: Path, path: PathLike) -> None:
