@@ -53,7 +53,13 @@ __all__ = ["load_blocks", "load_by_region", "save_blocks", "save_by_region"]
 
 # -- backends that store arrays by region ------------------------------------
 def save_by_region(
-    tasks: OrderedTasks, traits: BackendTraits, x: Any, path: PathLike, key: PathKey, origin: str, options: dict[str, Any]
+    tasks: OrderedTasks,
+    traits: BackendTraits,
+    x: Any,
+    path: PathLike,
+    key: PathKey,
+    origin: str,
+    options: dict[str, Any],
 ) -> Delayed | None:
     """Create the array at ``path``, then write ``x`` into it block by block on the workers holding the blocks."""
     if not traits.supports_regions:
@@ -162,7 +168,8 @@ def load_blocks(tasks: OrderedTasks, owners: ProcessOwners, path: PathLike, key:
         kept: Owner(*owner) for kept, owner in client.get_metadata([METADATA, backend, canonical], default={}).items()
     }
     workers = Workers(client)
-    layout, holders = None, {}
+    layout: dict[str, Any] | None = None
+    holders: dict[str, Owner] = {}
     for address, (worker_id, found, names) in sorted(run_everywhere(client, probe_array, backend, canonical).items()):
         layout = layout or found
         for block_name in names:
@@ -184,7 +191,7 @@ def load_blocks(tasks: OrderedTasks, owners: ProcessOwners, path: PathLike, key:
     # tasks instead would not hold: dask's graph fusion drops annotations.)
     token = uuid.uuid4().hex
     name = f"polystore-load_array-{token}"
-    layer = {}
+    layer: dict[Any, Any] = {}
     for index, _ in _blocks(stored):
         block_path = _block_path(canonical, index)
         owner = holders.get(block_path) or owners.get(block_path) or recorded.get(block_path)

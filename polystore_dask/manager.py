@@ -104,7 +104,13 @@ class DaskFileManager:
         return self._placement(backend).save(data, path, {"overwrite": overwrite, **kwargs})
 
     def save_batch(
-        self, data_list: Sequence[Any], paths: Sequence[PathLike], backend: str, *, overwrite: bool = False, **kwargs: Any
+        self,
+        data_list: Sequence[Any],
+        paths: Sequence[PathLike],
+        backend: str,
+        *,
+        overwrite: bool = False,
+        **kwargs: Any,
     ) -> Future:
         """Store each item of ``data_list`` at the matching path, in a few tasks; lengths must match.
 
@@ -230,7 +236,9 @@ class DaskFileManager:
             right away; operations issued before that ``compute()`` wait for
             the creation only).
         """
-        options = {"chunks": chunks, "shards": shards, "compressor": compressor, "overwrite": overwrite, "compute": compute}
+        options = {
+            "chunks": chunks, "shards": shards, "compressor": compressor, "overwrite": overwrite, "compute": compute
+        }
         return self._placement(backend).save_array(x, path, options)
 
     def load_array(self, path: PathLike, backend: str = "zarr", chunks: Any = None) -> dask.array.Array:

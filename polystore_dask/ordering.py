@@ -61,7 +61,7 @@ class PathChains:
                     if pending is None:
                         continue
                     if pending.write is not None:
-                        found[pending.write.key] = pending.write
+                        found[str(pending.write.key)] = pending.write
                     if write:
                         found.update(pending.reads)
         return list(found.values())
@@ -83,8 +83,8 @@ class PathChains:
                     pending.write = future
                     pending.reads.clear()
                 else:
-                    pending.reads[future.key] = future
-        future.add_done_callback(lambda done: self._finish(keys, done.key))
+                    pending.reads[str(future.key)] = future
+        future.add_done_callback(lambda done: self._finish(keys, str(done.key)))
 
     def _finish(self, keys: list[PathKey], finished: str) -> None:
         with self._lock:
@@ -121,7 +121,9 @@ class OrderedTasks:
         self.client = client
         self.chains = PathChains()
 
-    def submit(self, key: str, function: Callable[..., Any], *args: Any, pin: list[str] | None = None, **kwargs: Any) -> Future:
+    def submit(
+        self, key: str, function: Callable[..., Any], *args: Any, pin: list[str] | None = None, **kwargs: Any
+    ) -> Future:
         """Submit one task, unordered; ``pin`` names the workers it should run on."""
         return self.client.submit(
             function, *args, key=key, pure=False, workers=pin, allow_other_workers=pin is not None, **kwargs
@@ -153,7 +155,9 @@ class OrderedTasks:
         self.record(outcome, writes, reads)
         return outcome
 
-    def run(self, operation: str, function: Callable[..., Any], *args: Any, pin: list[str] | None = None, **kwargs: Any) -> Future:
+    def run(
+        self, operation: str, function: Callable[..., Any], *args: Any, pin: list[str] | None = None, **kwargs: Any
+    ) -> Future:
         """Start an operation's task, and return the future of its value (or error) for the user."""
         token = uuid.uuid4().hex
         outcome = self.start(f"polystore-{operation}-run-{token}", function, *args, pin=pin, **kwargs)
@@ -166,7 +170,7 @@ class OrderedTasks:
 
 def _ancestors(path: str) -> list[str]:
     """The directories above ``path`` (memory keys like ``a/b`` or absolute filesystem paths)."""
-    found = []
+    found: list[str] = []
     while True:
         parent = posixpath.dirname(path)
         if parent == path:

@@ -130,7 +130,8 @@ class ProcessOwners:
     def locate(self, keys: Sequence[str]) -> dict[str, tuple[Owner, str]]:
         """Ask every worker: the worker keeping each key (a file, else a directory) and which."""
         found: dict[str, tuple[Owner, str]] = {}
-        for address, (worker_id, kinds) in sorted(run_everywhere(self.client, probe_kinds, self.backend, list(keys)).items()):
+        answers = run_everywhere(self.client, probe_kinds, self.backend, list(keys))
+        for address, (worker_id, kinds) in sorted(answers.items()):
             for key, kind in kinds.items():
                 if kind is not None and (key not in found or (kind == "file" and found[key][1] != "file")):
                     found[key] = (Owner(address, worker_id), kind)
@@ -146,7 +147,8 @@ class ProcessOwners:
 
     def listing(self, method: str, path: Any, options: dict[str, Any]) -> list[str]:
         """``list_files`` or ``list_dir`` of ``path``: the union over the workers that have it."""
-        answers = [outcome for _, outcome in run_everywhere(self.client, probe_listing, self.backend, method, path, options).values()]
+        reached = run_everywhere(self.client, probe_listing, self.backend, method, path, options)
+        answers = [outcome for _, outcome in reached.values()]
         listed = [outcome.value for outcome in answers if outcome.error is None]
         if listed:
             return sorted(set().union(*listed))
@@ -169,8 +171,9 @@ class ProcessOwners:
         answers = run_everywhere(self.client, probe_stat, self.backend, key)
         owner = self.get(key)
         owner_alive = owner is not None and answers.get(owner.address, (None, None))[0] == owner.worker_id
-        if owner_alive and answers[owner.address][1] is not None:
-            return answers[owner.address][1]
+        if owner is not None and owner_alive and answers[owner.address][1] is not None:
+            kept: dict[str, Any] = answers[owner.address][1]
+            return kept
         found = [answers[address][1] for address in sorted(answers) if answers[address][1] is not None]
         for kind in ("file", "directory"):
             for stat in found:

@@ -64,7 +64,9 @@ class ProcessPlacement(Placement):
         keys = [self.key(path) for path in paths]
         workers = Workers(self.client)
         held = holders_of(self.client, data_list)
-        places = [self.owners.live(key[1], workers) or workers.at(held.get(index, "")) for index, key in enumerate(keys)]
+        places = [
+            self.owners.live(key[1], workers) or workers.at(held.get(index, "")) for index, key in enumerate(keys)
+        ]
         groups = group_items(places, items_per_task(len(keys), len(workers)), [nbytes(data) for data in data_list])
         token = uuid.uuid4().hex
         parts = []
@@ -120,12 +122,16 @@ class ProcessPlacement(Placement):
                 ),
                 settle_deletes, self.name, str(path),
             )
-        future.add_done_callback(
-            lambda done: done.status == "finished" and self.owners.forget(key[1], owner, inside=True)
-        )
+        def forget(done: Future) -> None:
+            if done.status == "finished":
+                self.owners.forget(key[1], owner, inside=True)
+
+        future.add_done_callback(forget)
         return future
 
-    def _on_every_worker(self, operation: str, key: PathKey, everyone: list[Owner], part: Any, then: Any, *args: Any) -> Future:
+    def _on_every_worker(
+        self, operation: str, key: PathKey, everyone: list[Owner], part: Any, then: Any, *args: Any
+    ) -> Future:
         """One task per worker in ``everyone`` (made by ``part``), ordered as one write of ``key``."""
         token = uuid.uuid4().hex
         after = self.tasks.after(writes=[key])
@@ -152,11 +158,24 @@ class ProcessPlacement(Placement):
         else:
             future = self._between_workers(operation, src, dst, overwrite, owner, keeper, workers)
         if moving and owner is not None:
-            future.add_done_callback(lambda done: done.status == "finished" and self.owners.forget(source[1], owner))
+            moved_from = owner
+
+            def forget(done: Future) -> None:
+                if done.status == "finished":
+                    self.owners.forget(source[1], moved_from)
+
+            future.add_done_callback(forget)
         return future
 
     def _between_workers(
-        self, operation: str, src: PathLike, dst: PathLike, overwrite: bool, owner: Owner, keeper: Owner, workers: Workers
+        self,
+        operation: str,
+        src: PathLike,
+        dst: PathLike,
+        overwrite: bool,
+        owner: Owner,
+        keeper: Owner,
+        workers: Workers,
     ) -> Future:
         """Copy or move ``src`` (kept by ``owner``) onto ``dst``, kept by another worker: the data goes there."""
         source, target = self.key(src), self.key(dst)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-import tblib.pickling_support
+import tblib.pickling_support  # type: ignore[import-untyped]  # no stubs; a dependency of distributed
 from distributed import get_worker
 from distributed.worker import Worker
 
@@ -86,7 +86,9 @@ def portable(error: BaseException) -> BaseException:
     error.__suppress_context__ = True
     if _travels(error):
         return error
-    builtin = next(kind for kind in type(error).__mro__ if kind.__module__ == "builtins")
+    builtin: type[BaseException] = next(
+        kind for kind in type(error).__mro__ if kind.__module__ == "builtins" and issubclass(kind, BaseException)
+    )
     replacement = builtin(*error.args) if issubclass(builtin, OSError) else builtin(str(error))
     return replacement.with_traceback(error.__traceback__)
 
@@ -190,7 +192,8 @@ def call(
         except FileExistsError:
             if method not in _SAVES or kwargs.get("overwrite") or not is_rerun(worker):
                 raise
-            value = _save_again(target, method, resolved, kwargs)
+            _save_again(target, method, resolved, kwargs)
+            value = None
         if method == "list_files" and resolved[0] is not args[0]:
             value = _relative_to(value, os.fspath(resolved[0]), os.fspath(args[0]))
         return Outcome(value)

@@ -57,7 +57,7 @@ class Workers:
         join. So a task for a path whose owner has left is not pinned: it
         runs anywhere and reports the loss (see ``tasks.check_owner``).
         """
-        return [owner.address] if self.alive(owner) else None
+        return [owner.address] if owner is not None and self.alive(owner) else None
 
     def at(self, address: str) -> Owner | None:
         """The worker at ``address``, if it is in the cluster."""

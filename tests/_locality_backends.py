@@ -56,12 +56,16 @@ class _Delegating(StorageBackend):
         return self._inner.is_dir(self._path(path))
 
     def list_files(
-        self, directory: PathLike, pattern: str | None = None, extensions: set[str] | None = None, recursive: bool = False
+        self,
+        directory: PathLike,
+        pattern: str | None = None,
+        extensions: set[str] | None = None,
+        recursive: bool = False,
     ) -> list[str]:
-        listed = self._inner.list_files(self._path(directory), pattern=pattern, extensions=extensions, recursive=recursive)
+        inner = self._path(directory)
+        listed = self._inner.list_files(inner, pattern=pattern, extensions=extensions, recursive=recursive)
         given = str(directory).rstrip("/")
-        inner = self._path(directory).rstrip("/")
-        return [given + path[len(inner):] for path in listed]
+        return [given + path[len(inner.rstrip("/")):] for path in listed]
 
     def list_dir(self, path: PathLike) -> list[str]:
         return self._inner.list_dir(self._path(path))

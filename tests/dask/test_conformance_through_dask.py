@@ -38,7 +38,9 @@ class ThroughDask(StorageBackend):
     def save(self, data: Any, path: PathLike, *, overwrite: bool = False, **kwargs: Any) -> None:
         self.dfm.save(data, path, self.backend, overwrite=overwrite, **kwargs).result(timeout=PATIENCE)
 
-    def save_batch(self, data_list: Sequence[Any], paths: Sequence[PathLike], *, overwrite: bool = False, **kwargs: Any) -> None:
+    def save_batch(
+        self, data_list: Sequence[Any], paths: Sequence[PathLike], *, overwrite: bool = False, **kwargs: Any
+    ) -> None:
         self.dfm.save_batch(data_list, paths, self.backend, overwrite=overwrite, **kwargs).result(timeout=PATIENCE)
 
     def ensure_directory(self, path: PathLike) -> None:
@@ -70,7 +72,11 @@ class ThroughDask(StorageBackend):
         return self.dfm.is_dir(path, self.backend)
 
     def list_files(
-        self, directory: PathLike, pattern: str | None = None, extensions: set[str] | None = None, recursive: bool = False
+        self,
+        directory: PathLike,
+        pattern: str | None = None,
+        extensions: set[str] | None = None,
+        recursive: bool = False,
     ) -> list[str]:
         return self.dfm.list_files(directory, self.backend, pattern=pattern, extensions=extensions, recursive=recursive)
 

@@ -1,4 +1,4 @@
-"""Errors raised by polystore tasks reach the caller with their own type and message (issue: errors lost across the wire)."""
+"""Errors raised by polystore tasks reach the caller with their own type and message, never a bare Exception."""
 
 from __future__ import annotations
 

@@ -106,7 +106,8 @@ def test_a_users_own_shared_backend_works_through_the_manager(client, dfm, share
     assert (shared_root / "folder" / folder / "a.bin").read_bytes() == b"one"
     assert dfm.load(f"/{folder}/a.bin", backend).result() == b"one"
     assert dfm.load_batch([f"{folder}/b.bin", f"{folder}/sub/c.bin"], backend).result() == [b"two", b"three"]
-    assert dfm.list_files(folder, backend, recursive=True) == [f"{folder}/a.bin", f"{folder}/b.bin", f"{folder}/sub/c.bin"]
+    listed = dfm.list_files(folder, backend, recursive=True)
+    assert listed == [f"{folder}/a.bin", f"{folder}/b.bin", f"{folder}/sub/c.bin"]
     dfm.copy(f"{folder}/a.bin", f"{folder}/copy.bin", backend).result()
     dfm.move(f"{folder}/b.bin", f"{folder}/moved.bin", backend).result()
     dfm.delete(f"{folder}/sub", backend, recursive=True).result()
