@@ -42,6 +42,7 @@ import numpy as np
 
 from polystore import InvalidPathError, StorageBackend, UnsupportedFormatError
 from polystore.backend import PathLike
+from polystore.paths import names_a_directory
 
 __all__ = ["GzipNpyBackend"]
 
@@ -101,18 +102,43 @@ class GzipNpyBackend(StorageBackend):
         self, data: Any, path: PathLike, *, overwrite: bool = False, level: int | None = None, **kwargs: Any
     ) -> None:
         # docstring inherited
-        if kwargs:
-            raise TypeError(f"npygz backend: save got unexpected options {sorted(kwargs)}")
-        target = self._resolve(path)
-        if not isinstance(data, np.ndarray) or data.dtype.hasobject:
-            raise UnsupportedFormatError(
-                f"npygz backend: cannot store {type(data).__name__} at {os.fspath(path)!r}; "
-                "it stores numeric numpy arrays only (use 'disk' for other data)"
-            )
+        target = self._checked(data, path, kwargs)
         buffer = io.BytesIO()
         np.save(buffer, data, allow_pickle=False)
         payload = gzip.compress(buffer.getvalue(), compresslevel=self.level if level is None else level)
         self._write(payload, target, path, overwrite=overwrite)
+
+    def check_save(
+        self, data: Any, path: PathLike, *, overwrite: bool = False, level: int | None = None, **kwargs: Any
+    ) -> None:
+        # docstring inherited: save_batch checks every item with it before writing the first
+        target = self._checked(data, path, kwargs)
+        if target.is_dir():
+            raise self._error(IsADirectoryError, errno.EISDIR, "a directory exists at this path", path)
+        if not overwrite and os.path.lexists(target):
+            raise self._error(FileExistsError, errno.EEXIST, "path exists; pass overwrite=True to replace it", path)
+        if any(parent.is_file() for parent in target.parents):
+            raise self._error(NotADirectoryError, errno.ENOTDIR, "a parent of this path is a file", path)
+
+    def _checked(self, data: Any, path: PathLike, options: dict[str, Any]) -> Path:
+        """Check a save's options, path and data without writing; return where the file goes."""
+        if options:
+            raise TypeError(f"npygz backend: save of {os.fspath(path)!r} got unexpected options {sorted(options)}")
+        target = self._destination(path)
+        if not isinstance(data, np.ndarray) or data.dtype.hasobject or isinstance(data, np.ma.MaskedArray):
+            raise UnsupportedFormatError(
+                f"npygz backend: cannot store {type(data).__name__} (dtype {getattr(data, 'dtype', None)}) at "
+                f"{os.fspath(path)!r}; it stores numpy arrays only, without a mask or object dtype "
+                "(use 'disk' for other data, 'memory' to keep a mask)"
+            )
+        return target
+
+    def _destination(self, path: PathLike) -> Path:
+        """Resolve a path a file is written at: one that can only name a directory (``.``, ``a/``) is refused."""
+        target = self._resolve(path)
+        if names_a_directory(os.fspath(path)) or target == self.root:
+            raise self._error(IsADirectoryError, errno.EISDIR, "this path names a directory; give a file name", path)
+        return target
 
     def _write(self, payload: bytes, target: Path, path: PathLike, *, overwrite: bool) -> None:
         if target.is_dir():
@@ -171,11 +197,11 @@ class GzipNpyBackend(StorageBackend):
 
     def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
         # docstring inherited
-        self._write(self._read(src), self._resolve(dst), dst, overwrite=overwrite)
+        self._write(self._read(src), self._destination(dst), dst, overwrite=overwrite)
 
     def move(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
         # docstring inherited
-        source, target = self._resolve(src), self._resolve(dst)
+        source, target = self._resolve(src), self._destination(dst)
         self._read(src)  # the same errors as load for a missing source or a directory
         if target.is_dir():
             raise self._error(IsADirectoryError, errno.EISDIR, "a directory exists at the destination", dst)

@@ -7,7 +7,9 @@ made at any time afterwards can create it by that name.
 
 from __future__ import annotations
 
+import errno
 import os
+import posixpath
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
@@ -117,16 +119,41 @@ class StorageBackend(ABC, metaclass=AutoRegisterMeta):
     def save_batch(
         self, data_list: Sequence[Any], paths: Sequence[PathLike], *, overwrite: bool = False, **kwargs: Any
     ) -> None:
-        """Store each of ``data_list`` at the matching path of ``paths``.
+        """Store each of ``data_list`` at the matching path of ``paths``: every item, or none.
+
+        Every item is checked with :meth:`check_save` before the first is
+        written, so a batch with one bad item (unstorable data, a bad path
+        or option, a path taken without ``overwrite``) raises that item's
+        error and writes nothing. Only what cannot be known before writing
+        (a racing writer taking a path, a full disk) can stop a batch part-way.
 
         Raises
         ------
         ValueError
             The two sequences differ in length (nothing is written).
+        FileExistsError
+            Without ``overwrite``: a path is taken, or named twice in the batch
+            (nothing is written).
+        NotADirectoryError
+            An item's path lies under another item's, or under a file (nothing
+            is written).
         """
         check_batch_lengths(data_list, paths, self.name)
+        check_batch_paths([self.canonical_path(path) for path in paths], paths, self.name, overwrite)
+        for data, path in zip(data_list, paths, strict=True):
+            self.check_save(data, path, overwrite=overwrite, **kwargs)
         for data, path in zip(data_list, paths, strict=True):
             self.save(data, path, overwrite=overwrite, **kwargs)
+
+    def check_save(self, data: Any, path: PathLike, *, overwrite: bool = False, **kwargs: Any) -> None:
+        """Raise what :meth:`save` with these arguments would raise, writing nothing.
+
+        It checks what can be known before writing: the path, the data, the
+        options and, as the store is now, whether the path is free (or is a
+        directory, or lies under a file). :meth:`save_batch` calls it for
+        every item first. The default checks nothing: a backend overrides it,
+        and the conformance kit tests that a bad item stops a batch.
+        """
 
     @abstractmethod
     def ensure_directory(self, path: PathLike) -> None:
@@ -253,6 +280,9 @@ class ReadOnlyBackend(StorageBackend):
     ) -> None:
         raise self._refuse("save", paths[0] if paths else "")
 
+    def check_save(self, data: Any, path: PathLike, *, overwrite: bool = False, **kwargs: Any) -> None:
+        raise self._refuse("save", path)
+
     def ensure_directory(self, path: PathLike) -> None:
         raise self._refuse("create directory", path)
 
@@ -273,6 +303,37 @@ def check_batch_lengths(data_list: Sequence[Any], paths: Sequence[PathLike], bac
             f"{backend} backend: save_batch got {len(data_list)} data items "
             f"but {len(paths)} paths; pass one path per item"
         )
+
+
+def check_batch_paths(keys: Sequence[str], paths: Sequence[PathLike], backend: str, overwrite: bool) -> None:
+    """Refuse a batch whose paths clash among themselves, before anything is written.
+
+    ``keys`` are the canonical spellings of ``paths``. Two items at one path
+    without ``overwrite`` (the second could only fail) raise
+    ``FileExistsError``; an item under another item's path (which would have
+    to be a file and a directory) raises ``NotADirectoryError``.
+    """
+    seen: dict[str, PathLike] = {}
+    for key, path in zip(keys, paths, strict=True):
+        if key in seen and not overwrite:
+            raise FileExistsError(
+                errno.EEXIST,
+                f"{backend} backend: save_batch names this path twice (also as {os.fspath(seen[key])!r}); "
+                "give each item its own path, or pass overwrite=True",
+                str(path),
+            )
+        seen.setdefault(key, path)
+    for key, path in zip(keys, paths, strict=True):
+        parent, above = posixpath.dirname(key), key
+        while parent != above:
+            if parent in seen:
+                raise NotADirectoryError(
+                    errno.ENOTDIR,
+                    f"{backend} backend: save_batch saves a file at {os.fspath(seen[parent])!r} and another under it; "
+                    "a path cannot be both a file and a directory",
+                    str(path),
+                )
+            parent, above = posixpath.dirname(parent), parent
 
 
 def registered_backends() -> dict[str, type[StorageBackend]]:

@@ -19,6 +19,7 @@ resolves them somewhere private to the test (a ``root`` in ``tmp_path``).
 from __future__ import annotations
 
 import errno
+import math
 import pathlib
 import threading
 from collections.abc import Mapping
@@ -30,7 +31,14 @@ import pytest
 from polystore.backend import StorageBackend
 from polystore.errors import InvalidPathError, ReadOnlyError, UnsupportedFormatError
 
-__all__ = ["SAMPLES", "BackendTests", "ReadOnlyBackendTests", "assert_same_data"]
+__all__ = [
+    "SAMPLES",
+    "BackendTests",
+    "ReadOnlyBackendTests",
+    "assert_same_data",
+    "dtype_samples",
+    "kept_exactly",
+]
 
 #: One sample object of each kind of data a backend may store.
 SAMPLES: dict[str, Any] = {
@@ -61,6 +69,71 @@ def assert_same_data(actual: Any, expected: Any) -> None:
         assert actual == expected
 
 
+def dtype_samples() -> dict[str, np.ndarray]:
+    """Small arrays of every family of numpy dtype, by name, for the kit's dtype-fidelity test.
+
+    Each either round-trips exactly through a backend (dtype with byte
+    order, shape, every bit of every value, the mask) or is refused when
+    saved. Several hold values a careless format changes: NaN, -0.0,
+    infinities, NaT, big-endian bytes, empty strings, NUL bytes.
+    """
+    floats = np.array([[0.0, -0.0, np.nan], [np.inf, -np.inf, 1.5]])
+    samples: dict[str, np.ndarray] = {"bool": np.array([[True, False, True], [False, False, True]])}
+    for code in ("i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8"):
+        info = np.iinfo(code)
+        values = np.array([[info.min, info.max, 0], [1, info.max - 1, info.min + 1]], dtype=code)
+        samples[np.dtype(code).name] = values
+        if values.itemsize > 1:
+            samples[f">{code}"] = values.astype(f">{code}")
+    for code in ("f2", "f4", "f8", "c8", "c16"):
+        values = np.empty(floats.shape, code)
+        values.real = floats
+        if code.startswith("c"):
+            values.imag = floats[::-1]
+        samples[np.dtype(code).name] = values
+        samples[f">{code}"] = values.astype(f">{code}")
+    if np.dtype(np.longdouble).itemsize > 8:
+        samples["longdouble"] = floats.astype(np.longdouble)
+        samples["clongdouble"] = floats.astype(np.clongdouble)
+    samples["datetime64[ns]"] = np.array([["2020-01-01T00:00:00.000000001", "NaT", "1970-01-01"]], "M8[ns]")
+    samples[">datetime64[ns]"] = samples["datetime64[ns]"].astype(">M8[ns]")
+    samples["datetime64[D]"] = np.array(["2000-02-29", "NaT"], "M8[D]")
+    samples["datetime64 (no unit)"] = np.array(["NaT", "NaT"], "M8")
+    samples["timedelta64[s]"] = np.array([[1, -5, np.iinfo(np.int64).max]], "m8[s]")
+    samples["S5"] = np.array([[b"", b"a\x00b", b"abcde"]], "S5")
+    samples["U5"] = np.array([["", "\u00e9t\u00e9", "abcde"]], "U5")
+    samples[">U5"] = samples["U5"].astype(">U5")
+    samples["V3"] = np.frombuffer(b"\x00\x01\x02\xff\xfe\xfd", "V3")
+    samples["structured"] = np.array([(1, 2.5, b"ab"), (-3, np.nan, b"")], [("a", "<i4"), ("b", "<f8"), ("c", "S2")])
+    samples["structured, big-endian field"] = np.array([(1, 2.0)], [("a", ">i4"), ("b", "<f8")])
+    samples["structured, subarray field"] = np.array([((1, 2), 3.0)], [("a", "<i2", (2,)), ("b", "<f4")])
+    samples["StringDType"] = np.array(["", "a much longer string \u00e9", "x"], np.dtypes.StringDType())
+    samples["StringDType(na_object=None)"] = np.array(["a", None], np.dtypes.StringDType(na_object=None))
+    samples["0-d"] = np.array(2.5)
+    samples["empty"] = np.zeros((0, 3), "int16")
+    samples["masked"] = np.ma.masked_array([[1.0, 2.0], [3.0, 4.0]], mask=[[False, True], [False, False]])
+    return samples
+
+
+def kept_exactly(actual: Any, expected: np.ndarray) -> str | None:
+    """None if ``actual`` is ``expected`` exactly (dtype with byte order, shape, bits, mask), else what differs."""
+    if not isinstance(actual, np.ndarray):
+        return f"came back as {type(actual).__name__}, not an array"
+    if actual.dtype != expected.dtype or actual.shape != expected.shape:
+        return f"came back as {actual.dtype} of shape {actual.shape}, not {expected.dtype} of shape {expected.shape}"
+    if isinstance(expected, np.ma.MaskedArray):
+        if not isinstance(actual, np.ma.MaskedArray):
+            return "came back without its mask"
+        if not np.array_equal(np.ma.getmaskarray(actual), np.ma.getmaskarray(expected)):
+            return "came back with another mask"
+        actual, expected = np.ma.getdata(actual), np.ma.getdata(expected)
+    if expected.dtype.kind == "T":
+        same = np.array_equal(actual, expected)
+    else:
+        same = np.ascontiguousarray(actual).tobytes() == np.ascontiguousarray(expected).tobytes()
+    return None if same else "came back with other values"
+
+
 class BackendTests:
     """The storage contract, run against the backend the ``backend`` fixture returns.
 
@@ -74,6 +147,9 @@ class BackendTests:
     """
 
     suffixes: ClassVar[Mapping[str, str]] = {"array": ".npy", "bytes": ".bin", "str": ".txt", "dict": ".json"}
+    #: Every suffix whose files hold one array (each a format of its own, such as
+    #: ``(".npy", ".tif")``); empty means the one of ``suffixes["array"]``.
+    array_suffixes: ClassVar[tuple[str, ...]] = ()
 
     @pytest.fixture
     def backend(self) -> StorageBackend:
@@ -87,6 +163,9 @@ class BackendTests:
             # An object no backend stores, then every kind this backend does not.
             kinds = sorted(set(SAMPLES) - set(self.suffixes))
             metafunc.parametrize("unsupported", [object(), *(SAMPLES[k] for k in kinds)], ids=["object", *kinds])
+        if "array_suffix" in metafunc.fixturenames:
+            found = list(self.array_suffixes or ([self.suffixes["array"]] if "array" in self.suffixes else []))
+            metafunc.parametrize("array_suffix", found or [None], ids=found or ["no-arrays"])
 
     @property
     def kind_any(self) -> str:
@@ -109,6 +188,41 @@ class BackendTests:
             path = self.path(f"dtype_{dtype}", "array")
             backend.save(data, path)
             assert_same_data(backend.load(path), data)
+
+    def test_every_dtype_round_trips_exactly_or_is_refused_before_anything_is_written(
+        self, backend: StorageBackend, array_suffix: str | None
+    ) -> None:
+        if array_suffix is None:
+            pytest.skip(f"{type(self).__name__}.suffixes has no 'array': this backend stores no arrays")
+        problems = []
+        for index, (name, data) in enumerate(dtype_samples().items()):
+            path = f"dtypes/{index}{array_suffix}"
+            try:
+                backend.save(data, path)
+            except UnsupportedFormatError as error:
+                message = str(error)
+                if str(data.dtype) not in message and not (isinstance(data, np.ma.MaskedArray) and "mask" in message):
+                    problems.append(f"{name}: refused without naming the dtype {data.dtype}: {message}")
+                elif array_suffix not in message and backend.name not in message:
+                    problems.append(f"{name}: refused without naming the format: {message}")
+                elif backend.exists(path):
+                    problems.append(f"{name}: refused, but something was written at {path!r}")
+                continue
+            difference = kept_exactly(backend.load(path), data)
+            if difference:
+                problems.append(f"{name}: saved to {path!r}, but it {difference}")
+        assert not problems, "\n".join(problems)
+
+    def test_zero_dimensional_and_empty_arrays_round_trip(
+        self, backend: StorageBackend, array_suffix: str | None
+    ) -> None:
+        if array_suffix is None:
+            pytest.skip(f"{type(self).__name__}.suffixes has no 'array': this backend stores no arrays")
+        for index, shape in enumerate([(), (0,), (0, 4), (4, 0), (2, 0, 3), (1,), (1, 1)]):
+            data = (np.arange(math.prod(shape), dtype=np.float32) + 0.5).reshape(shape)
+            path = f"shapes/{index}{array_suffix}"
+            backend.save(data, path)
+            assert kept_exactly(backend.load(path), data) is None, f"shape {shape} did not round-trip"
 
     def test_save_creates_missing_parent_directories(self, backend: StorageBackend) -> None:
         path = self.path("deep/er/still/file")
@@ -191,6 +305,97 @@ class BackendTests:
         with pytest.raises(ValueError, match="2 paths"):
             backend.save_batch([SAMPLES[self.kind_any]], paths)
         assert not backend.exists(paths[0])
+
+    def test_save_batch_with_one_bad_item_raises_its_error_and_writes_nothing(self, backend: StorageBackend) -> None:
+        good = SAMPLES[self.kind_any]
+        taken = self.path("held/taken")
+        backend.save(OTHER_SAMPLES[self.kind_any], taken)
+        cases: list[tuple[str, Any, Any, type[Exception]]] = [
+            ("unstorable data", object(), self.path("item_bad"), UnsupportedFormatError),
+            ("a path of the wrong type", good, 3, TypeError),
+            ("an empty path", good, "", InvalidPathError),
+            ("a path taken", good, taken, FileExistsError),
+            ("a path named twice", good, "twice", FileExistsError),
+            ("a directory's name", good, "dir_named/", IsADirectoryError),
+            ("a path under another item", good, "under", NotADirectoryError),
+        ]
+        for case, (what, bad_data, bad_path, error) in enumerate(cases):
+            for position in (0, 1, 2):
+                directory = f"batch_{case}_{position}"
+                paths: list[Any] = [self.path(f"{directory}/item{i}") for i in range(3)]
+                data: list[Any] = [good] * 3
+                if bad_path == "twice":
+                    paths[position] = paths[position - 1]
+                elif bad_path == "under":
+                    paths[position] = paths[position - 1] + "/" + self.path("below")
+                else:
+                    data[position], paths[position] = bad_data, bad_path
+                with pytest.raises(error):
+                    backend.save_batch(data, paths)
+                written = [path for path in paths if isinstance(path, str) and path and backend.exists(path)]
+                assert written in ([], [taken]), f"a batch with {what} at position {position} wrote {written}"
+        assert_same_data(backend.load(taken), OTHER_SAMPLES[self.kind_any])
+
+    # -- special paths ----------------------------------------------------------
+    def test_saving_at_a_name_that_can_only_be_a_directory_raises_is_a_directory_and_writes_nothing(
+        self, backend: StorageBackend
+    ) -> None:
+        data = SAMPLES[self.kind_any]
+        for path in (".", "./", "sub/..", "made/", "made/.", "./made//"):
+            for overwrite in (False, True):
+                with pytest.raises(IsADirectoryError):
+                    backend.save(data, path, overwrite=overwrite)
+                with pytest.raises(IsADirectoryError):
+                    backend.save_batch([data], [path], overwrite=overwrite)
+        assert backend.list_dir(".") == []
+        source = self.path("source")
+        backend.save(data, source)
+        for path in (".", "made/"):
+            with pytest.raises(IsADirectoryError):
+                backend.copy(source, path)
+            with pytest.raises(IsADirectoryError):
+                backend.move(source, path, overwrite=True)
+        assert backend.list_dir(".") == [source]
+        assert_same_data(backend.load(source), data)
+
+    def test_the_root_is_a_directory_that_cannot_be_deleted(self, backend: StorageBackend) -> None:
+        backend.save(SAMPLES[self.kind_any], self.path("kept"))
+        for root in (".", "./"):
+            assert (backend.exists(root), backend.is_dir(root), backend.is_file(root)) == (True, True, False)
+            assert backend.stat(root)["type"] == "directory"
+            assert backend.list_dir(root) == [self.path("kept")]
+            with pytest.raises(IsADirectoryError):
+                backend.load(root)
+            for recursive in (False, True):
+                with pytest.raises(IsADirectoryError):
+                    backend.delete(root, recursive=recursive)
+        assert_same_data(backend.load(self.path("kept")), SAMPLES[self.kind_any])
+
+    def test_the_empty_path_is_invalid_for_every_operation(self, backend: StorageBackend) -> None:
+        calls = [
+            backend.exists, backend.is_file, backend.is_dir, backend.load, backend.list_dir, backend.stat,
+            backend.list_files, backend.ensure_directory, backend.delete,
+        ]
+        for call in calls:
+            with pytest.raises(InvalidPathError):
+                call("")
+        assert backend.list_dir(".") == []
+
+    def test_a_trailing_slash_is_ignored_when_reading(self, backend: StorageBackend) -> None:
+        backend.save(SAMPLES[self.kind_any], self.path("dir/obj"))
+        assert backend.list_dir("dir/") == backend.list_dir("dir") == [self.path("obj")]
+        assert backend.is_dir("dir/") and backend.exists("dir/") and backend.stat("dir/")["type"] == "directory"
+
+    def test_a_name_over_255_bytes_is_saved_or_refused_naming_the_path_given(self, backend: StorageBackend) -> None:
+        name = "n" * 300 + self.suffixes[self.kind_any]
+        try:
+            backend.save(SAMPLES[self.kind_any], name)
+        except (ValueError, OSError) as error:
+            assert name[:100] in str(error), f"the error does not name the path given: {error}"
+            assert "-tmp-" not in str(error), f"the error names a temporary file: {error}"
+            assert backend.list_dir(".") == []
+        else:
+            assert_same_data(backend.load(name), SAMPLES[self.kind_any])
 
     # -- queries --------------------------------------------------------------
     def test_queries_on_a_missing_path_are_false(self, backend: StorageBackend) -> None:

@@ -28,6 +28,9 @@ class CountingBackend(StorageBackend):
     def save(self, data: Any, path: PathLike, *, overwrite: bool = False, **kwargs: Any) -> None:
         self._call("save", data, path, overwrite=overwrite, **kwargs)
 
+    def check_save(self, data: Any, path: PathLike, *, overwrite: bool = False, **kwargs: Any) -> None:
+        self._call("check_save", data, path, overwrite=overwrite, **kwargs)
+
     def ensure_directory(self, path: PathLike) -> None:
         self._call("ensure_directory", path)
 

@@ -15,10 +15,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from polystore.backend import PathLike, StorageBackend, check_batch_lengths
+from polystore.backend import PathLike, StorageBackend, check_batch_lengths, check_batch_paths
 from polystore.backends.formats import FORMATS, Payload, encode, read_npy, read_npz, read_tiff
-from polystore.errors import InvalidPathError
-from polystore.paths import PathSpelling, as_path_string, confine, filter_names
+from polystore.errors import InvalidPathError, UnsupportedFormatError
+from polystore.paths import (
+    PathSpelling,
+    as_path_string,
+    check_name_lengths,
+    confine,
+    filter_names,
+    names_a_directory,
+)
 
 __all__ = ["DiskBackend"]
 
@@ -127,6 +134,24 @@ class DiskBackend(StorageBackend):
             )
         return target
 
+    def _resolve_destination(self, path: PathLike) -> str:
+        """:meth:`_resolve` a path a file is to be written at (see :meth:`_check_new_name`)."""
+        target = self._resolve(path)
+        self._check_new_name(target, path)
+        return target
+
+    def _check_new_name(self, target: str, path: PathLike) -> None:
+        """Refuse, before any I/O, a path no file can be written at: a directory's name, or a name too long."""
+        text = os.fspath(path)
+        if names_a_directory(text) or (self.root is not None and target == str(self.root)):
+            raise IsADirectoryError(
+                errno.EISDIR,
+                "disk backend: this path names a directory (the root, '.', or a trailing '/'); "
+                "give the file its own name, such as 'images/a.npy'",
+                text,
+            )
+        check_name_lengths(text, "disk")
+
     def _resolve_all(self, paths: Sequence[PathLike]) -> list[str]:
         """:meth:`_resolve` each path, resolving each distinct parent directory once.
 
@@ -157,7 +182,13 @@ class DiskBackend(StorageBackend):
     def save(self, data: Any, path: PathLike, *, overwrite: bool = False, **kwargs: Any) -> None:
         # docstring inherited
         target = self._resolve(path)
-        self._write(encode(data, target, path, kwargs), target, path, overwrite)
+        self._write(self._encode(data, target, path, kwargs), target, path, overwrite)
+
+    def check_save(self, data: Any, path: PathLike, *, overwrite: bool = False, **kwargs: Any) -> None:
+        # docstring inherited
+        target = self._resolve(path)
+        self._encode(data, target, path, kwargs)
+        self._check_free(target, path, overwrite)
 
     def save_batch(
         self, data_list: Sequence[Any], paths: Sequence[PathLike], *, overwrite: bool = False, **kwargs: Any
@@ -166,11 +197,40 @@ class DiskBackend(StorageBackend):
         # Every path and item is checked before the first file is written.
         check_batch_lengths(data_list, paths, self.name)
         targets = self._resolve_all(paths)
+        check_batch_paths(targets, paths, self.name, overwrite)
         payloads = [
-            encode(data, target, path, kwargs) for data, target, path in zip(data_list, targets, paths, strict=True)
+            self._encode(data, target, path, kwargs)
+            for data, target, path in zip(data_list, targets, paths, strict=True)
         ]
+        for target, path in zip(targets, paths, strict=True):
+            self._check_free(target, path, overwrite)
         for payload, target, path in zip(payloads, targets, paths, strict=True):
             self._write(payload, target, path, overwrite)
+
+    def _encode(self, data: Any, target: str, path: PathLike, options: dict[str, Any]) -> Payload:
+        """Check the name, then the data against the suffix; return what to write. No I/O but on an error."""
+        self._check_new_name(target, path)
+        try:
+            return encode(data, target, path, options)
+        except UnsupportedFormatError:
+            if os.path.isdir(target):  # say what every backend says of a directory, whatever the data
+                raise self._is_directory(path) from None
+            raise
+
+    def _check_free(self, target: str, path: PathLike, overwrite: bool) -> None:
+        """Raise what writing ``target`` would raise, as the filesystem is now (one ``lstat``)."""
+        try:
+            mode = os.lstat(target).st_mode
+        except FileNotFoundError:
+            return
+        except NotADirectoryError:
+            raise self._parent_is_file(path) from None
+        if stat_module.S_ISDIR(mode):
+            raise self._is_directory(path)
+        if not overwrite:
+            raise FileExistsError(
+                errno.EEXIST, "disk backend: path exists; pass overwrite=True to replace it", str(path)
+            )
 
     def _write(self, payload: Payload, target: str, path: PathLike, overwrite: bool) -> None:
         """Write ``payload`` to a temporary sibling of ``target``, then move it into place."""
@@ -198,6 +258,15 @@ class DiskBackend(StorageBackend):
                         str(path),
                     ) from error
             self._commit(temp, target, path, overwrite)
+        except OSError as error:
+            _remove_if_present(temp)
+            if error.errno == errno.ENAMETOOLONG:  # the OS names the temporary file
+                raise OSError(
+                    errno.ENAMETOOLONG,
+                    "disk backend: the path is too long for this filesystem; use a shorter path",
+                    str(path),
+                ) from None
+            raise
         except BaseException:
             _remove_if_present(temp)
             raise
@@ -289,13 +358,13 @@ class DiskBackend(StorageBackend):
 
     def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
         # docstring inherited
-        source, target = self._resolve(src), self._resolve(dst)
+        source, target = self._resolve(src), self._resolve_destination(dst)
         with self._open_for_reading(source, src) as stream:
             self._write(lambda out: shutil.copyfileobj(stream, out, 1 << 24), target, dst, overwrite)
 
     def move(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
         # docstring inherited
-        source, target = self._resolve(src), self._resolve(dst)
+        source, target = self._resolve(src), self._resolve_destination(dst)
         try:
             is_directory = stat_module.S_ISDIR(os.lstat(source).st_mode)
         except (FileNotFoundError, NotADirectoryError):

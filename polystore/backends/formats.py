@@ -13,6 +13,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from polystore.backend import PathLike
+from polystore.backends.fidelity import check_npy, check_tiff, tiff_payload
 from polystore.errors import UnsupportedFormatError
 
 __all__ = ["FORMATS", "Payload", "encode", "read_npy", "read_npz", "read_tiff"]
@@ -50,11 +51,15 @@ def encode(data: Any, target: str, path: PathLike, options: dict[str, Any]) -> P
         if not isinstance(data, dict) or not all(isinstance(key, str) for key in data):
             raise unsupported(data, path, "a dict of str keys to numpy arrays")
         arrays = {key: checked_array(value, path, f"the value of {key!r}") for key, value in data.items()}
+        for key, value in arrays.items():
+            check_npy(value, path, f"the value of {key!r}", "disk", ".npz")
         return lambda stream: write_npz(stream, arrays)
     array = checked_array(data, path, "the data")
     if kind == "tiff":
-        tifffile = import_tifffile()
-        return lambda stream: tifffile.imwrite(stream, array, **options)
+        suffix = os.path.splitext(target)[1]
+        check_tiff(array, path, "the data", "disk", suffix)
+        return tiff_payload(import_tifffile(), array, options, path, "disk", suffix)
+    check_npy(array, path, "the data", "disk")
     return npy_payload(array)
 
 

@@ -20,6 +20,8 @@ from polystore.testing import BackendTests, assert_same_data
 
 
 class TestDiskConformance(BackendTests):
+    array_suffixes = (".npy", ".tif", ".TIFF")
+
     @pytest.fixture
     def backend(self, tmp_path: Path) -> DiskBackend:
         return DiskBackend(root=tmp_path)

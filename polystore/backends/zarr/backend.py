@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from polystore.backend import PathLike, StorageBackend, check_batch_lengths
+from polystore.backend import PathLike, StorageBackend, check_batch_lengths, check_batch_paths
 from polystore.backends.zarr.create import (
     array_layout,
     as_array,
@@ -229,7 +229,7 @@ class ZarrBackend(StorageBackend):
         # docstring inherited
         check_batch_lengths(data_list, paths, self.name)
         if kwargs.get("region") is None:  # blocks of one batch may go into one array
-            self._tree.check_distinct([self._tree.resolve(path) for path in paths], paths, overwrite)
+            check_batch_paths([str(self._tree.resolve(path)) for path in paths], paths, self.name, overwrite)
         writes = [
             self._plan_save(data, path, overwrite, dict(kwargs), check_state=True)
             for data, path in zip(data_list, paths, strict=True)

@@ -12,7 +12,7 @@ import os
 import shutil
 import stat as stat_module
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from polystore.backend import PathLike
@@ -183,22 +183,6 @@ class ArrayTree:
             is_directory = False
         if not is_directory:
             raise NotADirectoryError(errno.ENOTDIR, "zarr backend: a parent of this path is a file", str(path))
-
-    @staticmethod
-    def check_distinct(targets: list[Path], paths: Sequence[PathLike], overwrite: bool) -> None:
-        """Refuse a batch that names one array twice without ``overwrite`` (its second save could only fail)."""
-        if overwrite:
-            return
-        seen: dict[Path, PathLike] = {}
-        for target, path in zip(targets, paths, strict=True):
-            if target in seen:
-                raise FileExistsError(
-                    errno.EEXIST,
-                    f"zarr backend: save_batch names this array twice (also as {os.fspath(seen[target])!r}); "
-                    "give each item its own path, or pass overwrite=True",
-                    str(path),
-                )
-            seen[target] = path
 
     # -- creating --------------------------------------------------------
     def make_directories(self, directory: Path, path: PathLike) -> None:
