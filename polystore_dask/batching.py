@@ -77,11 +77,21 @@ def holders_of(client: Client, data_list: Sequence[Any]) -> dict[int, str]:
 
 
 def ship(client: Client, data: Any, pin: list[str] | None) -> Any:
-    """Scatter large inline data (to the pinned worker) instead of embedding it in the graph."""
+    """Scatter large inline data (to the pinned worker) instead of embedding it in the graph.
+
+    Arrays that pickling would change are scattered too, whatever their
+    size: numpy's pickle turns a big-endian datetime or timedelta array
+    little-endian, while distributed's own array serialization, which
+    scattered data travels by, keeps the dtype exactly.
+    """
     if isinstance(data, list):
-        if sum(map(nbytes, data)) < SCATTER_BYTES:
+        if sum(map(nbytes, data)) < SCATTER_BYTES and not any(map(_changed_by_pickle, data)):
             return data
         return [ship(client, item, pin) if nbytes(item) else item for item in data]
-    if nbytes(data) < SCATTER_BYTES:
+    if nbytes(data) < SCATTER_BYTES and not _changed_by_pickle(data):
         return data
     return client.scatter(data, workers=pin, hash=False)
+
+
+def _changed_by_pickle(data: Any) -> bool:
+    return isinstance(data, np.ndarray) and data.dtype.kind in "mM" and not data.dtype.isnative
