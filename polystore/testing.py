@@ -22,7 +22,7 @@ import errno
 import math
 import pathlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -372,7 +372,7 @@ class BackendTests:
         assert_same_data(backend.load(self.path("kept")), SAMPLES[self.kind_any])
 
     def test_the_empty_path_is_invalid_for_every_operation(self, backend: StorageBackend) -> None:
-        calls = [
+        calls: list[Callable[[str], Any]] = [
             backend.exists, backend.is_file, backend.is_dir, backend.load, backend.list_dir, backend.stat,
             backend.list_files, backend.ensure_directory, backend.delete,
         ]

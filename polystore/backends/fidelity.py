@@ -90,7 +90,15 @@ def tiff_payload(
     """
 
     def write(stream: io.BufferedIOBase) -> None:
-        tifffile.imwrite(stream, array, **options)
+        try:
+            tifffile.imwrite(stream, array, **options)
+        except OSError:
+            raise  # the OS refused: the caller reports it as a failed write
+        except Exception as error:  # tifffile refuses some shapes and options with IndexError, ValueError...
+            raise _refusal(
+                array, path, "the data", backend, fmt, f"tifffile cannot write it ({type(error).__name__}: {error})",
+                f"{_USE_NPY} (every shape is kept there)" + (", or change the tifffile options" if options else ""),
+            ) from error
         stream.flush()
         name = getattr(stream, "name", None)
         if isinstance(name, str):
