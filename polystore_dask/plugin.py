@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import pickle
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -12,7 +13,7 @@ from distributed.worker import Worker
 
 from polystore.registry import BackendRegistry
 
-__all__ = ["PolystorePlugin", "get_registry", "registry_of"]
+__all__ = ["PolystorePlugin", "get_registry", "registry_of", "shown"]
 
 #: How long a task waits for a setup that is still running on its worker.
 _SETUP_WAIT_SECONDS = 60.0
@@ -32,9 +33,12 @@ class PolystorePlugin(WorkerPlugin):
 
     Only ``options`` and ``imports`` are pickled: the registry and its backends
     are built in :meth:`setup`, in the worker's own process. Registering the
-    plugin again is a no-op that keeps the workers' ``memory`` data; to change
-    options, call ``client.unregister_worker_plugin("polystore")`` (which drops
-    worker memory) and register a new plugin.
+    plugin again with the same options and imports is a no-op that keeps the
+    workers' ``memory`` data; registering one whose options or imports differ
+    from the plugin already on the cluster raises ``ValueError`` naming both
+    (the cluster keeps the old one). To change options, call
+    ``client.unregister_worker_plugin("polystore")`` (which drops worker
+    memory) and register the new plugin.
 
     Parameters
     ----------
@@ -53,7 +57,6 @@ class PolystorePlugin(WorkerPlugin):
     """
 
     name = "polystore"
-    idempotent = True
 
     def __init__(self, options: Mapping[str, Mapping[str, Any]] | None = None, imports: Iterable[str] = ()) -> None:
         self.options = _checked_options(options)
@@ -75,7 +78,18 @@ class PolystorePlugin(WorkerPlugin):
         self._start()
 
     def __repr__(self) -> str:
-        return f"PolystorePlugin(options={self.options!r}, imports={self.imports!r})"
+        return f"PolystorePlugin(options={shown(self.options)!r}, imports={self.imports!r})"
+
+    @property
+    def idempotent(self) -> bool:  # type: ignore[override]
+        """True: registering it again is a no-op, after checking it is the same plugin.
+
+        ``Client.register_plugin`` reads this on the client just before it
+        registers the plugin, and nothing else reads it, so it is where a
+        plugin with other options is refused before it can be ignored.
+        """
+        _refuse_a_different_plugin(self)
+        return True
 
     def setup(self, worker: Worker) -> None:
         """Import ``imports`` and build this worker's registry, creating each backend in ``options``."""
@@ -157,6 +171,50 @@ def registry_of(worker: Worker) -> BackendRegistry:
             "call client.register_plugin(PolystorePlugin()) before running polystore tasks"
         )
     return plugin.registry
+
+
+def _refuse_a_different_plugin(plugin: PolystorePlugin) -> None:
+    """Raise ``ValueError`` if the cluster of the current client has a polystore plugin with other settings."""
+    from distributed import get_client
+
+    try:
+        client = get_client()
+    except ValueError:
+        return  # no client in this process: nothing to compare with
+    stored = client.run_on_scheduler(_registered_plugin, name=plugin.name)
+    if stored is None:
+        return
+    current = pickle.loads(stored)
+    if not isinstance(current, PolystorePlugin):
+        return
+    if (current.options, current.imports) != (plugin.options, plugin.imports):
+        raise ValueError(
+            f"this cluster already has a polystore plugin with different settings: it has "
+            f"options={shown(current.options)!r}, imports={current.imports!r}, and this one has "
+            f"options={shown(plugin.options)!r}, imports={plugin.imports!r}; the workers keep the first. "
+            f"To replace it, {_HOW_TO_REPLACE} (this drops the workers' memory data)"
+        )
+
+
+#: Option names whose values are never shown (credentials).
+_SECRET_WORDS = ("secret", "password", "token", "access_key", "credential")
+
+
+def shown(options: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``options`` as they may be printed: values of credential options replaced by ``"***"``."""
+    return {
+        backend: {
+            name: "***" if any(word in name.lower() for word in _SECRET_WORDS) and value is not None else value
+            for name, value in kwargs.items()
+        }
+        for backend, kwargs in options.items()
+    }
+
+
+def _registered_plugin(name: str, dask_scheduler: Any) -> bytes | None:
+    """For ``client.run_on_scheduler``: the pickled worker plugin registered under ``name``, if any."""
+    stored: bytes | None = dask_scheduler.worker_plugins.get(name)
+    return stored
 
 
 def _checked_options(options: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,73 @@
+"""A plugin with other settings is never ignored without a word; the same one again keeps worker memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from distributed import Client
+
+from polystore_dask import DaskFileManager, PolystorePlugin
+from tests._cluster import PATIENCE, cluster_client
+
+
+@pytest.fixture(scope="module")
+def one_worker() -> Iterator[Client]:
+    with cluster_client(1) as client:
+        yield client
+
+
+@pytest.fixture
+def client(one_worker: Client) -> Iterator[Client]:
+    """The module's cluster, with no polystore plugin before and after the test."""
+    yield one_worker
+    if "polystore" in one_worker.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.worker_plugins)):
+        one_worker.unregister_worker_plugin("polystore")
+
+
+def test_registering_the_same_plugin_again_keeps_worker_memory(client, tmp_path: Path):
+    options = {"disk": {"root": str(tmp_path)}}
+    client.register_plugin(PolystorePlugin(options=options))
+    dfm = DaskFileManager(client)
+    dfm.save(b"kept", "again/a.bin", "memory").result()
+    client.register_plugin(PolystorePlugin(options={"disk": {"root": str(tmp_path)}}))
+    assert dfm.load("again/a.bin", "memory").result() == b"kept"
+
+
+@pytest.mark.parametrize("change", ["options", "imports"])
+def test_a_plugin_with_other_settings_raises_naming_both_and_the_first_stays(client, tmp_path: Path, change):
+    first, second = tmp_path / "first", tmp_path / "second"
+    client.register_plugin(PolystorePlugin(options={"disk": {"root": str(first)}}))
+    other = (
+        PolystorePlugin(options={"disk": {"root": str(second)}})
+        if change == "options"
+        else PolystorePlugin(options={"disk": {"root": str(first)}}, imports=["json"])
+    )
+    with pytest.raises(ValueError, match="different settings") as caught:
+        client.register_plugin(other)
+    message = str(caught.value)
+    assert str(first) in message
+    assert (str(second) if change == "options" else "'json'") in message
+    assert 'unregister_worker_plugin("polystore")' in message
+    DaskFileManager(client).save(np.arange(3), "where.npy", "disk").result(timeout=PATIENCE)
+    assert (first / "where.npy").exists() and not (second / "where.npy").exists()
+
+
+def test_after_unregistering_a_plugin_with_other_settings_is_taken(client, tmp_path: Path):
+    client.register_plugin(PolystorePlugin(options={"disk": {"root": str(tmp_path / "old")}}))
+    client.unregister_worker_plugin("polystore")
+    client.register_plugin(PolystorePlugin(options={"disk": {"root": str(tmp_path / "new")}}))
+    DaskFileManager(client).save(np.arange(3), "where.npy", "disk").result(timeout=PATIENCE)
+    assert (tmp_path / "new" / "where.npy").exists()
+
+
+def test_credentials_in_plugin_options_are_never_shown(client):
+    secret = "wJalrXUtnFEMI-not-a-real-secret"
+    options = {"s3": {"bucket": "b", "secret_access_key": secret, "access_key_id": "AKIDEXAMPLE"}}
+    assert secret not in repr(PolystorePlugin(options=options))
+    client.register_plugin(PolystorePlugin(options={"disk": {}}))
+    with pytest.raises(ValueError) as caught:
+        client.register_plugin(PolystorePlugin(options=options))
+    assert secret not in str(caught.value) and "AKIDEXAMPLE" not in str(caught.value)
