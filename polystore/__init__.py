@@ -1,7 +1,7 @@
-"""polystore: one storage API over pluggable backends (memory, disk, zarr).
+"""polystore: one storage API over pluggable backends (memory, disk, zarr, s3).
 
-Importing polystore imports neither zarr nor dask: the zarr backend imports
-zarr when it is first used.
+Importing polystore imports neither zarr, obstore nor dask: the zarr and s3
+backends import theirs when first used.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from polystore.backend import ReadOnlyBackend, StorageBackend
 from polystore.backends.disk import DiskBackend
 from polystore.backends.memory import MemoryBackend
+from polystore.backends.s3 import S3Backend
 from polystore.backends.zarr import ZarrBackend
 from polystore.errors import (
     BackendNotFoundError,
@@ -32,6 +33,7 @@ __all__ = [
     "PolystoreError",
     "ReadOnlyBackend",
     "ReadOnlyError",
+    "S3Backend",
     "StorageBackend",
     "UnsupportedFormatError",
     "ZarrBackend",

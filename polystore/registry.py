@@ -9,6 +9,7 @@ from typing import Any
 
 from polystore.backend import StorageBackend, registered_backends
 from polystore.errors import BackendNotFoundError
+from polystore.redaction import redacted
 
 __all__ = ["ENTRY_POINT_GROUP", "BackendRegistry"]
 
@@ -54,8 +55,13 @@ class BackendRegistry(Mapping[str, StorageBackend]):
 
     @property
     def options(self) -> dict[str, dict[str, Any]]:
-        """The constructor options this registry passes, by backend name."""
-        return {name: dict(kwargs) for name, kwargs in self._options.items()}
+        """The constructor options this registry passes, by backend name.
+
+        Printed (``repr``/``str``), options whose names mark them as secret
+        (``secret_access_key``, ``password``, ``token``, ...) show as ``'***'``;
+        the values themselves are unchanged.
+        """
+        return _PrintedRedacted({name: _PrintedRedacted(kwargs) for name, kwargs in self._options.items()})
 
     def __getitem__(self, name: str) -> StorageBackend:
         try:
@@ -90,7 +96,7 @@ class BackendRegistry(Mapping[str, StorageBackend]):
             return cls(**kwargs)
         except TypeError as error:
             raise TypeError(
-                f"cannot create the {name!r} backend with options {kwargs!r}: {error}; "
+                f"cannot create the {name!r} backend with options {redacted(kwargs)!r}: {error}; "
                 f"fix the options given for {name!r}"
             ) from error
 
@@ -106,3 +112,12 @@ class BackendRegistry(Mapping[str, StorageBackend]):
     def __repr__(self) -> str:
         created = sorted(self._instances)
         return f"BackendRegistry(available={list(self)}, created={created})"
+
+
+class _PrintedRedacted(dict[str, Any]):
+    """A dict that prints its secret options as ``'***'`` (see :func:`polystore.redaction.redacted`)."""
+
+    def __repr__(self) -> str:
+        return repr(redacted(self))
+
+    __str__ = __repr__

@@ -1,7 +1,7 @@
 """The backends shipped with polystore, one module (or subpackage) each.
 
-``memory`` (:class:`MemoryBackend`), ``disk`` (:class:`DiskBackend`) and
-``zarr`` (:class:`ZarrBackend`); :mod:`polystore.backends.formats` holds the
+``memory`` (:class:`MemoryBackend`), ``disk`` (:class:`DiskBackend`),
+``zarr`` (:class:`ZarrBackend`) and ``s3`` (:class:`S3Backend`); :mod:`polystore.backends.formats` holds the
 file formats (encode and decode by suffix) that file-like backends share.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from polystore.backends.disk import DiskBackend
 from polystore.backends.memory import MemoryBackend
+from polystore.backends.s3 import S3Backend
 from polystore.backends.zarr import ZarrBackend
 
-__all__ = ["DiskBackend", "MemoryBackend", "ZarrBackend"]
+__all__ = ["DiskBackend", "MemoryBackend", "S3Backend", "ZarrBackend"]

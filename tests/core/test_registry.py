@@ -114,6 +114,22 @@ def test_invalid_options_raise_naming_the_backend_and_options() -> None:
         registry["memory"]
 
 
+def test_printed_options_hide_secret_values_but_keep_them() -> None:
+    options = {"s3": {"bucket": "b", "access_key_id": "AKIAEXAMPLE", "secret_access_key": "wJalrEXAMPLEKEY"}}
+    registry = BackendRegistry(options)
+    for printed in (repr(registry.options), str(registry.options), str(registry.options["s3"]), repr(registry)):
+        assert "AKIAEXAMPLE" not in printed and "wJalrEXAMPLEKEY" not in printed
+    assert "'secret_access_key': '***'" in repr(registry.options) and "'bucket': 'b'" in repr(registry.options)
+    assert registry.options == options
+
+
+def test_an_options_error_hides_secret_values() -> None:
+    registry = BackendRegistry({"memory": {"colour": "blue", "password": "hunter2-secret"}})
+    with pytest.raises(TypeError, match=r"'memory'.*colour") as raised:
+        registry["memory"]
+    assert "hunter2-secret" not in str(raised.value) and "'password': '***'" in str(raised.value)
+
+
 def test_unknown_name_raises_backend_not_found_listing_available_names() -> None:
     with pytest.raises(BackendNotFoundError) as raised:
         BackendRegistry()["nope"]
@@ -197,19 +213,20 @@ def test_a_fresh_process_sees_exactly_the_shipped_backends_and_writes_no_cache(t
         HOME=str(tmp_path / "home"),
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "['disk', 'memory', 'zarr']"
+    assert result.stdout.strip() == "['disk', 'memory', 's3', 'zarr']"
     assert not (tmp_path / "cache").exists()
     assert not (tmp_path / "home" / ".cache").exists()
 
 
-def test_import_polystore_imports_neither_zarr_nor_dask() -> None:
+def test_import_polystore_imports_neither_zarr_obstore_nor_dask() -> None:
     result = run_python(
         """
         import sys
         import polystore
         registry = polystore.BackendRegistry()
         fm = polystore.FileManager(registry)
-        print(sorted(m for m in sys.modules if m.split('.')[0] in {'zarr', 'dask', 'distributed', 'tifffile'}))
+        optional = {'zarr', 'obstore', 'dask', 'distributed', 'tifffile'}
+        print(sorted(m for m in sys.modules if m.split('.')[0] in optional))
         """
     )
     assert result.returncode == 0, result.stderr
