@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -166,7 +167,11 @@ class SeaweedServer:
         }
         self.identities.write_text(json.dumps({"identities": [identity]}))
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
+            # TMPDIR: weed puts sockets of its own in the temporary directory; they stay in ours.
+            environment = {**os.environ, "TMPDIR": str(self.root)}
+            self.process = subprocess.Popen(
+                self._command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.root, env=environment
+            )
         try:
             self._wait_ready(timeout)
         except BaseException:
