@@ -214,6 +214,10 @@ class SeaweedServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=STOP_GRACE)
+        # weed makes gRPC sockets at fixed /tmp paths (whatever TMPDIR says) and leaves them when killed.
+        for component, port in self.ports.items():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"/tmp/seaweedfs-{component}-grpc-{port + _GRPC_OFFSET}.sock")
 
     def kill(self) -> None:
         """Stop the server at once (SIGKILL), as a crash would."""
