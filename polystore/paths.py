@@ -56,13 +56,13 @@ def as_path_string(path: str | os.PathLike[str], backend: str) -> str:
 
 
 def names_a_directory(path: str) -> bool:
-    """Whether ``path`` can only name a directory: it ends with ``/`` or its last part is ``.`` or ``..``.
+    """Whether ``path`` can only name a directory: its last part is ``.`` or ``..``, or it is ``/``.
 
     Saving a file there is refused (``IsADirectoryError``) on every backend,
-    whether or not the directory exists, as POSIX ``open`` refuses to create
-    ``name/``: a trailing slash is never silently dropped to make a file.
+    before any I/O and whatever the data. Trailing slashes are ignored, as
+    everywhere in polystore: ``a.npy/`` is another spelling of ``a.npy``.
     """
-    return path.endswith(("/", "/.", "/..")) or path in (".", "..")
+    return path.rstrip("/").rpartition("/")[2] in ("", ".", "..")
 
 
 #: The longest file or directory name, in bytes, that common filesystems take (ext4, XFS, tmpfs, NFS, Lustre).

@@ -316,7 +316,7 @@ class BackendTests:
             ("an empty path", good, "", InvalidPathError),
             ("a path taken", good, taken, FileExistsError),
             ("a path named twice", good, "twice", FileExistsError),
-            ("a directory's name", good, "dir_named/", IsADirectoryError),
+            ("a directory's name", good, "dir_named/.", IsADirectoryError),
             ("a path under another item", good, "under", NotADirectoryError),
         ]
         for case, (what, bad_data, bad_path, error) in enumerate(cases):
@@ -341,7 +341,7 @@ class BackendTests:
         self, backend: StorageBackend
     ) -> None:
         data = SAMPLES[self.kind_any]
-        for path in (".", "./", "sub/..", "made/", "made/.", "./made//"):
+        for path in (".", "./", "sub/..", "made/.", "./made/..//"):
             for overwrite in (False, True):
                 with pytest.raises(IsADirectoryError):
                     backend.save(data, path, overwrite=overwrite)
@@ -350,7 +350,7 @@ class BackendTests:
         assert backend.list_dir(".") == []
         source = self.path("source")
         backend.save(data, source)
-        for path in (".", "made/"):
+        for path in (".", "made/."):
             with pytest.raises(IsADirectoryError):
                 backend.copy(source, path)
             with pytest.raises(IsADirectoryError):
@@ -381,10 +381,12 @@ class BackendTests:
                 call("")
         assert backend.list_dir(".") == []
 
-    def test_a_trailing_slash_is_ignored_when_reading(self, backend: StorageBackend) -> None:
-        backend.save(SAMPLES[self.kind_any], self.path("dir/obj"))
+    def test_a_trailing_slash_is_another_spelling_of_the_same_path(self, backend: StorageBackend) -> None:
+        backend.save(SAMPLES[self.kind_any], self.path("dir/obj") + "/")
         assert backend.list_dir("dir/") == backend.list_dir("dir") == [self.path("obj")]
         assert backend.is_dir("dir/") and backend.exists("dir/") and backend.stat("dir/")["type"] == "directory"
+        assert backend.is_file(self.path("dir/obj") + "//")
+        assert_same_data(backend.load(self.path("dir/obj") + "/"), SAMPLES[self.kind_any])
 
     def test_a_name_over_255_bytes_is_saved_or_refused_naming_the_path_given(self, backend: StorageBackend) -> None:
         name = "n" * 300 + self.suffixes[self.kind_any]

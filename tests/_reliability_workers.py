@@ -23,8 +23,8 @@ from polystore import DiskBackend, ZarrBackend
 from polystore.backend import StorageBackend
 
 __all__ = [
-    "drain", "identify", "make_backend", "racer", "read_until", "reader", "save_once", "save_repeatedly",
-    "save_with_file_size_limit", "token_data",
+    "drain", "identify", "make_backend", "racer", "read_until", "reader", "save_and_check", "save_once",
+    "save_repeatedly", "save_with_file_size_limit", "token_data",
 ]
 
 _SCALE = 10**9
@@ -194,6 +194,41 @@ def _describe(loaded: Any) -> str:
         return f"{type(loaded).__name__}"
     head = loaded.reshape(-1)[:3].tolist() if loaded.size else []
     return f"array shape {loaded.shape} dtype {loaded.dtype} starting {head}"
+
+
+def save_and_check(
+    backend_name: str, root: str, prefix: str, first_token: int, rounds: int, size: int, options: dict[str, Any],
+    results: Any = None,
+) -> dict[str, Any]:
+    """Save ``rounds`` new paths under ``prefix`` and overwrite one, loading each right after its save returns.
+
+    Returns (and puts on ``results``, if given) the counts: saves that
+    returned, saves that raised (with the first message), and saves that
+    returned but whose object then loaded missing, unreadable or wrong.
+    """
+    backend = make_backend(backend_name, root)
+    suffix = ".npy" if backend_name == "disk" else ".zarr"
+    summary: dict[str, Any] = {"saved": 0, "failed": 0, "unreadable": 0, "first_problem": None}
+    for round_ in range(rounds):
+        token = first_token + round_
+        for path, overwrite in ((f"{prefix}/new{round_}{suffix}", False), (f"{prefix}/same{suffix}", True)):
+            try:
+                backend.save(token_data(token, size), path, overwrite=overwrite, **options)
+            except Exception as error:  # counted and reported: the test judges it
+                summary["failed"] += 1
+                summary["first_problem"] = summary["first_problem"] or f"save {path}: {type(error).__name__}: {error}"
+                continue
+            summary["saved"] += 1
+            try:
+                loaded = backend.load(path)
+            except Exception as error:  # a save that returned must have stored a readable object
+                loaded = f"{type(error).__name__}: {error}"
+            if identify(loaded, size) != token:
+                summary["unreadable"] += 1
+                summary["first_problem"] = summary["first_problem"] or f"load {path} after its save: {loaded!r}"[:300]
+    if results is not None:
+        results.put(summary)
+    return summary
 
 
 def drain(results: Any, count: int, timeout: float) -> list[Any]:

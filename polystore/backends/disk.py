@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from polystore.backend import PathLike, StorageBackend, check_batch_lengths, check_batch_paths
+from polystore.backends.claims import claim, try_claim
 from polystore.backends.formats import FORMATS, Payload, encode, read_npy, read_npz, read_tiff
-from polystore.errors import InvalidPathError, UnsupportedFormatError
+from polystore.errors import InvalidPathError
 from polystore.paths import (
     PathSpelling,
     as_path_string,
@@ -134,19 +135,13 @@ class DiskBackend(StorageBackend):
             )
         return target
 
-    def _resolve_destination(self, path: PathLike) -> str:
-        """:meth:`_resolve` a path a file is to be written at (see :meth:`_check_new_name`)."""
-        target = self._resolve(path)
-        self._check_new_name(target, path)
-        return target
-
     def _check_new_name(self, target: str, path: PathLike) -> None:
         """Refuse, before any I/O, a path no file can be written at: a directory's name, or a name too long."""
         text = os.fspath(path)
         if names_a_directory(text) or (self.root is not None and target == str(self.root)):
             raise IsADirectoryError(
                 errno.EISDIR,
-                "disk backend: this path names a directory (the root, '.', or a trailing '/'); "
+                "disk backend: this path names a directory (the root, or a last part '.' or '..'); "
                 "give the file its own name, such as 'images/a.npy'",
                 text,
             )
@@ -210,12 +205,7 @@ class DiskBackend(StorageBackend):
     def _encode(self, data: Any, target: str, path: PathLike, options: dict[str, Any]) -> Payload:
         """Check the name, then the data against the suffix; return what to write. No I/O but on an error."""
         self._check_new_name(target, path)
-        try:
-            return encode(data, target, path, options)
-        except UnsupportedFormatError:
-            if os.path.isdir(target):  # say what every backend says of a directory, whatever the data
-                raise self._is_directory(path) from None
-            raise
+        return encode(data, target, path, options)
 
     def _check_free(self, target: str, path: PathLike, overwrite: bool) -> None:
         """Raise what writing ``target`` would raise, as the filesystem is now (one ``lstat``)."""
@@ -235,9 +225,9 @@ class DiskBackend(StorageBackend):
     def _write(self, payload: Payload, target: str, path: PathLike, overwrite: bool) -> None:
         """Write ``payload`` to a temporary sibling of ``target``, then move it into place."""
         parent, name = os.path.split(target)
-        temp = os.path.join(parent, f"{TEMP_PREFIX}{os.urandom(8).hex()}-{temp_name_part(name, 200)}")
-        raw = self._create_temp(temp, parent, path)
+        temp, raw = self._create_temp(parent, name, path)
         try:
+            # The temporary file stays open, so claimed (see claims.py), until it is in place.
             with raw:
                 try:
                     if isinstance(payload, list):
@@ -257,7 +247,7 @@ class DiskBackend(StorageBackend):
                         f"disk backend: writing failed part-way ({reason}); the path is unchanged",
                         str(path),
                     ) from error
-            self._commit(temp, target, path, overwrite)
+                self._commit(temp, target, path, overwrite)
         except OSError as error:
             _remove_if_present(temp)
             if error.errno == errno.ENAMETOOLONG:  # the OS names the temporary file
@@ -271,17 +261,27 @@ class DiskBackend(StorageBackend):
             _remove_if_present(temp)
             raise
 
-    def _create_temp(self, temp: str, parent: str, path: PathLike) -> io.FileIO:
-        """Create ``temp`` exclusively (a named file: tifffile wants the name)."""
-        try:
-            return io.FileIO(temp, "xb")
-        except FileNotFoundError:
-            # Parents are made only when missing: one failed open is cheaper
-            # than a stat before every write.
-            self._make_directories(parent, path)
-            return io.FileIO(temp, "xb")
-        except NotADirectoryError:
-            raise self._parent_is_file(path) from None
+    def _create_temp(self, parent: str, name: str, path: PathLike) -> tuple[str, io.FileIO]:
+        """Create a claimed temporary file in ``parent`` for ``name``, exclusively; return its path and file.
+
+        A named file (tifffile wants the name), claimed by this writer so
+        that :meth:`cleanup` leaves it alone; if a cleanup removed it before
+        the claim, another is made.
+        """
+        while True:
+            temp = os.path.join(parent, f"{TEMP_PREFIX}{os.urandom(8).hex()}-{temp_name_part(name, 200)}")
+            try:
+                raw = io.FileIO(temp, "xb")
+            except FileNotFoundError:
+                # Parents are made only when missing: one failed open is cheaper
+                # than a stat before every write.
+                self._make_directories(parent, path)
+                raw = io.FileIO(temp, "xb")
+            except NotADirectoryError:
+                raise self._parent_is_file(path) from None
+            if claim(raw.fileno()):
+                return temp, raw
+            raw.close()
 
     def _make_directories(self, directory: str, path: PathLike) -> None:
         try:
@@ -358,19 +358,21 @@ class DiskBackend(StorageBackend):
 
     def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
         # docstring inherited
-        source, target = self._resolve(src), self._resolve_destination(dst)
+        source, target = self._resolve(src), self._resolve(dst)
         with self._open_for_reading(source, src) as stream:
+            self._check_new_name(target, dst)
             self._write(lambda out: shutil.copyfileobj(stream, out, 1 << 24), target, dst, overwrite)
 
     def move(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
         # docstring inherited
-        source, target = self._resolve(src), self._resolve_destination(dst)
+        source, target = self._resolve(src), self._resolve(dst)
         try:
             is_directory = stat_module.S_ISDIR(os.lstat(source).st_mode)
         except (FileNotFoundError, NotADirectoryError):
             raise self._missing(src) from None
         if is_directory:
             raise IsADirectoryError(errno.EISDIR, "disk backend: copy and move take files, not directories", str(src))
+        self._check_new_name(target, dst)
         self._make_directories(os.path.dirname(target), dst)
         try:
             self._commit(source, target, dst, overwrite)
@@ -499,14 +501,20 @@ class DiskBackend(StorageBackend):
             Where to look, with all its subdirectories; by default the root.
         older_than
             Remove only temporary files last modified at least this many
-            seconds ago. The default 0 removes every one, including those of
-            writes still running: while other writers may be active, pass a
-            safe margin such as ``older_than=3600``.
+            seconds ago (by default any age).
 
         Returns
         -------
         list of str
             The sorted absolute paths of the removed files.
+
+        Notes
+        -----
+        Safe to run at any time, with any arguments, beside writers in any
+        process: a writer claims its temporary file (an exclusive ``flock``)
+        until the file is in place, and the OS drops the claim when the writer
+        ends, killed or not; only unclaimed files are removed (see
+        :mod:`polystore.backends.claims`).
         """
         if directory is None:
             if self.root is None:
@@ -521,12 +529,17 @@ class DiskBackend(StorageBackend):
                 if not name.startswith(TEMP_PREFIX):
                     continue
                 temp = os.path.join(folder, name)
+                descriptor = try_claim(temp)
+                if descriptor is None:
+                    continue  # a live writer's, or gone meanwhile
                 try:
-                    if os.lstat(temp).st_mtime <= deadline:
+                    if os.fstat(descriptor).st_mtime <= deadline:
                         os.unlink(temp)
                         removed.append(temp)
                 except FileNotFoundError:
                     continue  # its writer finished or failed meanwhile
+                finally:
+                    os.close(descriptor)
         return sorted(removed)
 
 

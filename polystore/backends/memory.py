@@ -125,7 +125,7 @@ class MemoryBackend(StorageBackend):
         if names_a_directory(os.fspath(path)):
             raise IsADirectoryError(
                 errno.EISDIR,
-                "memory backend: this path names a directory (the root, '.', or a trailing '/'); "
+                "memory backend: this path names a directory (the root, or a last part '.' or '..'); "
                 "give the object its own name, such as 'images/a.npy'",
                 str(path),
             )
@@ -238,7 +238,6 @@ class MemoryBackend(StorageBackend):
 
     def _transfer(self, src: PathLike, dst: PathLike, *, overwrite: bool, keep_source: bool) -> None:
         source, target = normalize_key(src, "memory"), normalize_key(dst, "memory")
-        self._check_name_and_options(dst, {})
         with self._lock:
             if source not in self._files:
                 if source in self._dirs:
@@ -246,6 +245,7 @@ class MemoryBackend(StorageBackend):
                         errno.EISDIR, "memory backend: copy and move take files, not directories", str(src)
                     )
                 raise self._missing(src)
+            self._check_name_and_options(dst, {})  # after the source: a missing one is reported first
             if target in self._dirs:
                 raise IsADirectoryError(errno.EISDIR, "memory backend: a directory exists at the destination", str(dst))
             if target in self._files and not overwrite:

@@ -194,7 +194,7 @@ class ZarrBackend(StorageBackend):
             Something is at ``path`` and ``overwrite`` is false.
         IsADirectoryError
             ``path`` is a directory that is not a zarr array, or names one
-            (``.``, the root, a trailing ``/``).
+            (the root, or a last part ``.`` or ``..``).
         NotADirectoryError
             A parent of ``path`` is a file or a zarr array.
         UnsupportedFormatError
@@ -370,15 +370,17 @@ class ZarrBackend(StorageBackend):
     def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
         # docstring inherited
         source, target = self._tree.resolve(src), self._tree.resolve(dst)
-        self._tree.check_new_name(target, dst)
         self._tree.require_array(source, src, "copy")
-        self._tree.build(target, dst, overwrite, lambda temp: shutil.copytree(source, temp, symlinks=True))
+        self._tree.check_new_name(target, dst)
+        self._tree.build(
+            target, dst, overwrite, lambda temp: shutil.copytree(source, temp, symlinks=True, dirs_exist_ok=True)
+        )
 
     def move(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
         # docstring inherited
         source, target = self._tree.resolve(src), self._tree.resolve(dst)
-        self._tree.check_new_name(target, dst)
         self._tree.require_array(source, src, "move")
+        self._tree.check_new_name(target, dst)
         if source == target:
             self._tree.raise_if_taken(ARRAY, dst, overwrite)
         else:

@@ -25,10 +25,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from polystore.backends.claims import claim
 from polystore.backends.disk import TEMP_PREFIX, temp_name_part
 
 __all__ = [
     "TEMP_PREFIX",
+    "claimed",
+    "claimed_sibling",
     "directory_identity",
     "discard",
     "is_array_dir",
@@ -82,7 +85,6 @@ def _renaming_lock(target: Path) -> Iterator[None]:
     while True:
         try:
             os.mkdir(lock)
-            break
         except FileExistsError:
             if time.monotonic() > deadline:
                 raise TimeoutError(
@@ -92,10 +94,55 @@ def _renaming_lock(target: Path) -> Iterator[None]:
                     str(lock),
                 ) from None
             time.sleep(0.001)
+            continue
+        # Claimed, so cleanup() never takes a live writer's lock away; one that
+        # removed it before the claim leaves it unlinked: then take it anew.
+        try:
+            descriptor = os.open(lock, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            continue
+        if claim(descriptor):
+            break
+        os.close(descriptor)
     try:
         yield
     finally:
         os.rmdir(lock)
+        os.close(descriptor)
+
+
+@contextlib.contextmanager
+def claimed(directory: Path) -> Iterator[None]:
+    """Claim the existing ``directory`` while the block runs, so that renamed to a temporary name it is not cleaned up.
+
+    Raises :class:`FileNotFoundError` if it is removed before the claim is taken.
+    """
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if not claim(descriptor):
+            raise FileNotFoundError(errno.ENOENT, "zarr backend: removed while being claimed", str(directory))
+        yield
+    finally:
+        os.close(descriptor)
+
+
+@contextlib.contextmanager
+def claimed_sibling(path: Path) -> Iterator[Path]:
+    """Make a new, empty, hidden directory beside ``path``, claimed while the block runs (see claims.py)."""
+    while True:
+        temp = temp_sibling(path)
+        os.mkdir(temp)
+        try:
+            descriptor = os.open(temp, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            continue  # a cleanup removed it before the claim: make another
+        if claim(descriptor):
+            break
+        os.close(descriptor)
+    try:
+        yield temp
+    finally:
+        os.close(descriptor)
 
 
 def rename_noreplace(src: Path, dst: Path) -> None:

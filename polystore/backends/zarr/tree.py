@@ -16,8 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from polystore.backend import PathLike
+from polystore.backends.claims import try_claim
 from polystore.backends.zarr.swap import (
     TEMP_PREFIX,
+    claimed,
+    claimed_sibling,
     discard,
     is_array_dir,
     rename_noreplace,
@@ -163,7 +166,7 @@ class ArrayTree:
         if names_a_directory(text) or target == self.root:
             raise IsADirectoryError(
                 errno.EISDIR,
-                "zarr backend: this path names a directory (the root, '.', or a trailing '/'); "
+                "zarr backend: this path names a directory (the root, or a last part '.' or '..'); "
                 "give the array its own name, such as 'images/a.zarr'",
                 text,
             )
@@ -204,20 +207,20 @@ class ArrayTree:
         """
         self.raise_if_taken(self.kind(target), path, overwrite)
         self.make_directories(target.parent, path)
-        temp = temp_sibling(target)
-        try:
+        with claimed_sibling(target) as temp:  # claimed until in place: cleanup() leaves it alone
             try:
-                write(temp)
-            except OSError as error:
-                # The OS's error names a chunk file of the temporary array;
-                # name the path the caller asked for instead.
-                raise OSError(
-                    error.errno, f"zarr backend: writing the array failed: {error.strerror or error}", str(path)
-                ) from error
-            self.install(temp, target, path, overwrite)
-        except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise
+                try:
+                    write(temp)
+                except OSError as error:
+                    # The OS's error names a chunk file of the temporary array;
+                    # name the path the caller asked for instead.
+                    raise OSError(
+                        error.errno, f"zarr backend: writing the array failed: {error.strerror or error}", str(path)
+                    ) from error
+                self.install(temp, target, path, overwrite)
+            except BaseException:
+                shutil.rmtree(temp, ignore_errors=True)
+                raise
 
     def install(self, temp: Path, target: Path, path: PathLike, overwrite: bool) -> None:
         """Rename the finished array ``temp`` to ``target``: exclusive, or swapping out the old array."""
@@ -253,26 +256,27 @@ class ArrayTree:
             except OSError as error:
                 if error.errno != errno.EXDEV:
                     raise
-        # Take the source away first, so that the move is all or nothing.
-        temp = temp_sibling(target)
-        try:
-            os.rename(source, temp)
-            renamed = True
-        except OSError as error:
-            if error.errno != errno.EXDEV:
-                raise
-            shutil.copytree(source, temp, symlinks=True)
-            renamed = False
-        try:
-            self.install(temp, target, path, overwrite)
-        except BaseException:
-            if renamed:
-                os.rename(temp, source)
+        # Take the source away first, so that the move is all or nothing;
+        # claimed, so that under its temporary name cleanup() leaves it alone.
+        with claimed(source):
+            temp = temp_sibling(target)
+            try:
+                os.rename(source, temp)
+            except OSError as error:
+                if error.errno != errno.EXDEV:
+                    raise
             else:
-                shutil.rmtree(temp, ignore_errors=True)
-            raise
-        if not renamed:
-            discard(source)
+                try:
+                    self.install(temp, target, path, overwrite)
+                except BaseException:
+                    os.rename(temp, source)
+                    raise
+                return
+        # Across filesystems: copy, put the copy in place, then delete the source.
+        self.build(
+            target, path, overwrite, lambda copy: shutil.copytree(source, copy, symlinks=True, dirs_exist_ok=True)
+        )
+        discard(source)
 
     def cleanup(self, top: Path, older_than: float) -> list[str]:
         """Remove temporary directories under ``top`` last changed ``older_than`` seconds ago or earlier."""
@@ -283,12 +287,17 @@ class ArrayTree:
             for name in subfolders:
                 candidate = os.path.join(folder, name)
                 if name.startswith(TEMP_PREFIX):
+                    descriptor = try_claim(candidate)
+                    if descriptor is None:
+                        continue  # a live writer's (see claims.py), or gone meanwhile
                     try:
-                        if os.lstat(candidate).st_mtime <= deadline:
+                        if os.fstat(descriptor).st_mtime <= deadline:
                             shutil.rmtree(candidate)
                             removed.append(candidate)
                     except FileNotFoundError:
                         pass  # its writer finished or failed meanwhile
+                    finally:
+                        os.close(descriptor)
                 elif not is_array_dir(candidate):
                     keep.append(name)
             subfolders[:] = keep
