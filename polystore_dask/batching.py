@@ -83,14 +83,31 @@ def ship(client: Client, data: Any, pin: list[str] | None) -> Any:
     size: numpy's pickle turns a big-endian datetime or timedelta array
     little-endian, while distributed's own array serialization, which
     scattered data travels by, keeps the dtype exactly.
+
+    Scattered data is held by two workers where there are two: data held
+    by one only dies with it, and the task saving it could then neither
+    finish nor run again elsewhere (distributed cancels it, naming nothing).
     """
     if isinstance(data, list):
         if sum(map(nbytes, data)) < SCATTER_BYTES and not any(map(_changed_by_pickle, data)):
             return data
-        return [ship(client, item, pin) if nbytes(item) else item for item in data]
+        shipped = [_scatter(client, item, pin) if nbytes(item) else item for item in data]
+        _replicate(client, [item for item in shipped if isinstance(item, Future)])
+        return shipped
     if nbytes(data) < SCATTER_BYTES and not _changed_by_pickle(data):
         return data
+    future = _scatter(client, data, pin)
+    _replicate(client, [future])
+    return future
+
+
+def _scatter(client: Client, data: Any, pin: list[str] | None) -> Future:
     return client.scatter(data, workers=pin, hash=False)
+
+
+def _replicate(client: Client, futures: list[Future]) -> None:
+    if futures and len(client.scheduler_info(n_workers=-1)["workers"]) > 1:
+        client.replicate(futures, n=2)
 
 
 def _changed_by_pickle(data: Any) -> bool:

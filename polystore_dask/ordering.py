@@ -11,8 +11,9 @@ from __future__ import annotations
 import posixpath
 import threading
 import uuid
+import weakref
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +121,8 @@ class OrderedTasks:
     def __init__(self, client: Client) -> None:
         self.client = client
         self.chains = PathChains()
+        #: For each future handed to the user: the futures its result is computed from.
+        self._inputs: weakref.WeakKeyDictionary[Future, tuple[Future, ...]] = weakref.WeakKeyDictionary()
 
     def submit(
         self, key: str, function: Callable[..., Any], *args: Any, pin: list[str] | None = None, **kwargs: Any
@@ -128,6 +131,18 @@ class OrderedTasks:
         return self.client.submit(
             function, *args, key=key, pure=False, workers=pin, allow_other_workers=pin is not None, **kwargs
         )
+
+    def keep(self, future: Future, *inputs: Any) -> Future:
+        """Hold the futures among ``inputs`` (also inside lists and tuples) for as long as ``future`` is held.
+
+        A result lives on a worker: if that worker dies, distributed computes
+        the result again from the task's inputs, but only from inputs it
+        still has. Keeping them (the operation's task and any scattered data)
+        lets a finished operation whose worker died afterwards give its
+        result again instead of being cancelled.
+        """
+        self._inputs[future] = tuple(_futures_in(inputs))
+        return future
 
     def after(self, writes: Sequence[PathKey] = (), reads: Sequence[PathKey] = ()) -> list[Future]:
         """The unfinished operations an operation writing ``writes`` and reading ``reads`` must follow."""
@@ -161,11 +176,19 @@ class OrderedTasks:
         """Start an operation's task, and return the future of its value (or error) for the user."""
         token = uuid.uuid4().hex
         outcome = self.start(f"polystore-{operation}-run-{token}", function, *args, pin=pin, **kwargs)
-        return self.submit(f"polystore-{operation}-{token}", unwrap, outcome, pin=pin)
+        return self.keep(self.submit(f"polystore-{operation}-{token}", unwrap, outcome, pin=pin), outcome, args)
 
     def settle_before(self, writes: Sequence[PathKey] = (), reads: Sequence[PathKey] = ()) -> None:
         """Block until the operations an operation on these paths must follow have finished."""
         wait(self.after(writes, reads))
+
+
+def _futures_in(value: Any) -> Iterator[Future]:
+    if isinstance(value, Future):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _futures_in(item)
 
 
 def _ancestors(path: str) -> list[str]:

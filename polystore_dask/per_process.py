@@ -20,7 +20,7 @@ from polystore_dask import array_graphs
 from polystore_dask.batching import group_items, holders_of, items_per_task, nbytes, ship
 from polystore_dask.ordering import OrderedTasks
 from polystore_dask.owners import ProcessOwners
-from polystore_dask.placement import ArrayOptions, Placement
+from polystore_dask.placement import ArrayOptions, BatchPart, Placement
 from polystore_dask.tasks import (
     call,
     collect,
@@ -68,21 +68,14 @@ class ProcessPlacement(Placement):
             self.owners.live(key[1], workers) or workers.at(held.get(index, "")) for index, key in enumerate(keys)
         ]
         groups = group_items(places, items_per_task(len(keys), len(workers)), [nbytes(data) for data in data_list])
-        token = uuid.uuid4().hex
         parts = []
-        for part, (place, positions) in enumerate(groups):
+        for place, positions in groups:
             owner = place or self.owners.next_worker(workers)
             for index in positions:
                 self.owners.set(keys[index][1], owner)
             items = ship(self.client, [data_list[index] for index in positions], [owner.address])
-            parts.append(
-                self.tasks.start(
-                    f"polystore-save_batch-run-{token}-{part}", call, self.name, "save_batch",
-                    (items, [paths[index] for index in positions]), options,
-                    path_args=(1,), owner=owner, writes=[keys[index] for index in positions], pin=[owner.address],
-                )
-            )
-        return self.tasks.submit(f"polystore-save_batch-{token}", settle, parts)
+            parts.append(BatchPart(positions, items, [owner.address], owner))
+        return self.submit_batch(parts, paths, keys, options)
 
     def ensure_directory(self, path: PathLike) -> Future:
         key = self.key(path)

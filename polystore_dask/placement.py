@@ -13,24 +13,36 @@ so every operation on one path keeps one order.
 from __future__ import annotations
 
 import os
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from distributed import Future
 
-from polystore.backend import PathLike
+from polystore.backend import PathLike, check_batch_paths
 from polystore_dask.ordering import OrderedTasks
+from polystore_dask.tasks import call, check_items, hold, settle
 from polystore_dask.traits import BackendTraits, PathKey
+from polystore_dask.workers import Owner
 
 if TYPE_CHECKING:
     import dask.array
     from dask.delayed import Delayed
 
-__all__ = ["ArrayOptions", "Placement"]
+__all__ = ["ArrayOptions", "BatchPart", "Placement"]
 
 #: The zarr-style options of ``save_array``: chunks, shards, compressor, overwrite, compute.
 ArrayOptions = dict[str, Any]
+
+
+class BatchPart(NamedTuple):
+    """The items of a batch that one task saves: their positions, their data, and where it runs."""
+
+    positions: list[int]
+    items: list[Any]
+    pin: list[str] | None
+    owner: Owner | None
 
 
 class Placement(ABC):
@@ -58,6 +70,45 @@ class Placement(ABC):
     def key(self, path: PathLike) -> PathKey:
         """The identity of ``path`` in the ordering (and, per process, in the table of owners)."""
         return self.traits.key(path, self.origin())
+
+    def submit_batch(
+        self, parts: list[BatchPart], paths: Sequence[PathLike], keys: Sequence[PathKey], options: dict[str, Any]
+    ) -> Future:
+        """Save a batch split into ``parts``: every item or none, each part's items saved where the part runs.
+
+        With several parts, each first checks its items where it will save
+        them (``check_save``, on a task holding the part's data), and no part
+        saves anything unless every check passed, so a bad item anywhere
+        stops the whole batch before anything is written.
+        """
+        check_batch_paths([key[1] for key in keys], paths, self.name, bool(options.get("overwrite")))
+        token = uuid.uuid4().hex
+        origin = self.origin()
+        held: list[Any] = [part.items for part in parts]
+        checks: list[Future] = []
+        if len(parts) > 1:
+            held = [
+                self.tasks.submit(f"polystore-save_batch-data-{token}-{index}", hold, part.items, pin=part.pin)
+                for index, part in enumerate(parts)
+            ]
+            checks = [
+                self.tasks.submit(
+                    f"polystore-save_batch-check-{token}-{index}", check_items, self.name, data,
+                    [paths[position] for position in part.positions], options, origin=origin, owner=part.owner,
+                    pin=part.pin,
+                )
+                for index, (part, data) in enumerate(zip(parts, held, strict=True))
+            ]
+        saves = [
+            self.tasks.start(
+                f"polystore-save_batch-run-{token}-{index}", call, self.name, "save_batch",
+                (data, [paths[position] for position in part.positions]), options,
+                path_args=(1,), origin=origin, owner=part.owner, checks=checks,
+                writes=[keys[position] for position in part.positions], pin=part.pin,
+            )
+            for index, (part, data) in enumerate(zip(parts, held, strict=True))
+        ]
+        return self.tasks.keep(self.tasks.submit(f"polystore-save_batch-{token}", settle, saves), saves, checks, held)
 
     # -- writing ---------------------------------------------------------
     @abstractmethod

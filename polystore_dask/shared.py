@@ -11,8 +11,8 @@ from distributed import Future
 from polystore.backend import PathLike
 from polystore_dask import array_graphs
 from polystore_dask.batching import group_items, holders, holders_of, items_per_task, nbytes, ship
-from polystore_dask.placement import ArrayOptions, Placement
-from polystore_dask.tasks import call, join_batches, settle
+from polystore_dask.placement import ArrayOptions, BatchPart, Placement
+from polystore_dask.tasks import call, join_batches
 from polystore_dask.workers import Workers
 
 if TYPE_CHECKING:
@@ -38,19 +38,12 @@ class SharedPlacement(Placement):
         held = holders_of(self.client, data_list)
         places = [workers.at(held.get(index, "")) for index in range(len(keys))]
         groups = group_items(places, items_per_task(len(keys), len(workers)), [nbytes(data) for data in data_list])
-        token = uuid.uuid4().hex
         parts = []
-        for part, (owner, positions) in enumerate(groups):
+        for owner, positions in groups:
             pin = None if owner is None else [owner.address]
             items = ship(self.client, [data_list[index] for index in positions], pin)
-            parts.append(
-                self.tasks.start(
-                    f"polystore-save_batch-run-{token}-{part}", call, self.name, "save_batch",
-                    (items, [paths[index] for index in positions]), options,
-                    path_args=(1,), origin=self.origin(), writes=[keys[index] for index in positions], pin=pin,
-                )
-            )
-        return self.tasks.submit(f"polystore-save_batch-{token}", settle, parts)
+            parts.append(BatchPart(positions, items, pin, None))
+        return self.submit_batch(parts, paths, keys, options)
 
     def ensure_directory(self, path: PathLike) -> Future:
         return self.tasks.run(

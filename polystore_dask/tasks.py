@@ -29,10 +29,12 @@ __all__ = [
     "Outcome",
     "attempt",
     "call",
+    "check_items",
     "check_owner",
     "collect",
     "delete_after",
     "delete_here",
+    "hold",
     "is_rerun",
     "join_batches",
     "lost_error",
@@ -162,6 +164,7 @@ def call(
     origin: str | None = None,
     owner: Owner | None = None,
     after: Sequence[Any] = (),
+    checks: Sequence[Outcome] = (),
 ) -> Outcome:
     """Call ``registry[backend].method(*args, **kwargs)`` on this worker.
 
@@ -174,7 +177,13 @@ def call(
         For per-process paths: the worker that must run this call.
     after
         Outcomes of earlier operations this one waited for; unused.
+    checks
+        Outcomes of :func:`check_items` for the whole operation: if one
+        failed, nothing is done and its error is the outcome.
     """
+    for check in checks:
+        if check.error is not None:
+            return check
     try:
         worker = get_worker()
         if owner is not None:
@@ -199,6 +208,34 @@ def call(
         return Outcome(value)
     except Exception as error:
         return Outcome(error=portable(error))
+
+
+def check_items(
+    backend: str, data_list: list[Any], paths: list[Any], options: dict[str, Any], *, origin: str | None = None,
+    owner: Owner | None = None,
+) -> Outcome:
+    """Check on this worker that saving each item would succeed (``check_save``), writing nothing."""
+    try:
+        worker = get_worker()
+        if owner is not None:
+            check_owner(owner, worker, backend, paths)
+        target = registry_of(worker)[backend]
+        for data, path in zip(data_list, paths, strict=True):
+            where = resolve(path, target, origin)
+            try:
+                target.check_save(data, where, **options)
+            except FileExistsError:
+                # Checked again after a worker died: the batch's own first attempt may have saved it.
+                if options.get("overwrite") or not is_rerun(worker) or not same_data(target.load(where), data):
+                    raise
+        return Outcome()
+    except Exception as error:
+        return Outcome(error=portable(error))
+
+
+def hold(value: Any) -> Any:
+    """A task whose result is ``value``: data that several tasks use, sent once."""
+    return value
 
 
 #: The methods whose re-run after a worker died may find its own earlier writes.
