@@ -26,6 +26,7 @@ from polystore_dask.plugin import registry_of
 from polystore_dask.workers import Owner
 
 __all__ = [
+    "LostPathError",
     "Outcome",
     "attempt",
     "call",
@@ -143,15 +144,25 @@ def check_owner(owner: Owner, worker: Worker, backend: str, paths: Sequence[Any]
         raise lost_error(backend, paths[0], owner, len(paths) - 1)
 
 
-def lost_error(backend: str, path: Any, owner: Owner, more: int = 0) -> FileNotFoundError:
+class LostPathError(FileNotFoundError):
+    """A path kept in the memory of a worker that has left or restarted (``owner``); ``count`` paths in all."""
+
+    owner: str
+    backend: str
+    count: int
+
+
+def lost_error(backend: str, path: Any, owner: Owner | str, more: int = 0) -> LostPathError:
     """The error for a path of a per-process backend whose owner has left the cluster or restarted."""
     also = f" (and {more} more paths of this batch)" if more else ""
-    return FileNotFoundError(
+    error = LostPathError(
         errno.ENOENT,
         f"{backend} backend: this path{also} was kept in the memory of worker {owner}, which has "
         "left or restarted since; what it kept is lost, save it again",
         str(path),
     )
+    error.owner, error.backend, error.count = str(owner), backend, 1 + more
+    return error
 
 
 def call(
@@ -306,12 +317,23 @@ def settle(outcomes: Sequence[Outcome]) -> None:
 
 
 def join_batches(outcomes: Sequence[Outcome], positions: Sequence[Sequence[int]], count: int) -> list[Any]:
-    """Put the values of batch parts back in input order, or raise the first part's error."""
+    """Put the values of batch parts back in input order, or raise the first part's error.
+
+    When paths were lost with a worker, the error counts every lost path of
+    the batch kept by that worker, not only those of the first part.
+    """
+    errors = [outcome.error for outcome in outcomes if outcome.error is not None]
+    if errors:
+        first = errors[0]
+        if isinstance(first, LostPathError):
+            same = [error for error in errors if isinstance(error, LostPathError) and error.owner == first.owner]
+            total = sum(error.count for error in same)
+            raise lost_error(first.backend, first.filename, first.owner, total - 1)
+        raise first
     values: list[Any] = [None] * count
     for outcome, where in zip(outcomes, positions, strict=True):
-        part = outcome.result()
-        if part is not None:
-            for index, value in zip(where, part, strict=True):
+        if outcome.value is not None:
+            for index, value in zip(where, outcome.value, strict=True):
                 values[index] = value
     return values
 

@@ -173,3 +173,32 @@ def test_a_memory_array_saved_without_compute_names_the_worker_it_lost(client, d
     with pytest.raises(FileNotFoundError, match="left or restarted") as caught:
         dfm.load_array(key, "memory").sum().compute()
     assert victim in str(caught.value)
+
+
+def test_a_load_batch_counts_every_path_lost_with_a_worker(client, dfm, tmp_path):
+    paths = [f"{tmp_path.name}/counted/item{index}" for index in range(12)]
+    dfm.save_batch([np.full(4, index) for index in range(12)], paths, "memory").result(timeout=PATIENCE)
+    held = holding(client, f"{tmp_path.name}/counted")
+    victim = max(held, key=lambda address: len(held[address]))
+    lost = len(held[victim])
+    assert 1 < lost < 12
+    kill_worker(client, victim)
+    client.wait_for_workers(2, timeout=PATIENCE)
+    with pytest.raises(FileNotFoundError, match=victim) as caught:
+        dfm.load_batch(paths, "memory").result(timeout=PATIENCE)
+    assert f"(and {lost - 1} more paths of this batch)" in str(caught.value)
+
+
+@pytest.mark.parametrize("manager", ["the same manager", "a new manager"])
+@pytest.mark.parametrize("lost", ["the layout", "a block"])
+def test_a_memory_array_names_the_worker_it_lost(client, dfm, tmp_path, lost, manager):
+    key = f"{tmp_path.name}/arr"
+    dfm.save_array(da.ones((40, 40), chunks=(5, 40)), key, "memory")
+    held = holding(client, key)
+    victim = next(address for address, names in held.items() if (".array" in names) == (lost == "the layout") and names)
+    kill_worker(client, victim)
+    client.wait_for_workers(2, timeout=PATIENCE)
+    reader = dfm if manager == "the same manager" else DaskFileManager(client)
+    with pytest.raises(FileNotFoundError, match="left or restarted") as caught:
+        reader.load_array(key, "memory").sum().compute()
+    assert victim in str(caught.value)
