@@ -212,3 +212,62 @@ def test_a_region_write_stores_every_value_exactly_or_is_refused_leaving_the_arr
     check()
     record(f"bad inputs: class 3 region casts, {family}", operations=sum(counts.values()),
            bad_inputs=counts["refused"], lost_or_torn=counts["changed"])
+
+
+# -- the README's table is true ------------------------------------------------------------
+README = Path(__file__).resolve().parents[2] / "README.md"
+#: The kit's samples (see polystore.testing.dtype_samples) that each row of the table stands for.
+ROWS = {
+    "bool, int8 to int64": ["bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+                            "float16", "float32", "float64", "complex64", "complex128"],
+    "the same in big-endian": [">i2", ">u2", ">i4", ">u4", ">i8", ">u8", ">f2", ">f4", ">f8", ">c8", ">c16"],
+    "float128, complex256": ["longdouble", "clongdouble"],
+    "datetime64, timedelta64 with a unit": ["datetime64[ns]", ">datetime64[ns]", "datetime64[D]", "timedelta64[s]"],
+    "datetime64 without a unit": ["datetime64 (no unit)"],
+    "fixed-width bytes, str, void": ["S5", "U5", ">U5", "V3"],
+    "variable-width str": ["StringDType"],
+    "`StringDType(na_object=...)`": ["StringDType(na_object=None)"],
+    "structured, packed": ["structured"],
+    "structured with a big-endian or a subarray field": ["structured, big-endian field", "structured, subarray field"],
+    "masked arrays": ["masked"],
+    "0-d and empty arrays": ["0-d", "empty"],
+    "object": [],
+}
+#: The table's columns, as (backend, suffixes).
+COLUMNS = [("memory", [""]), ("disk", [".npy", ".npz"]), ("disk", [".tif", ".tiff"]), ("zarr", [".zarr"])]
+
+
+def readme_table() -> list[list[str]]:
+    text = README.read_text()
+    table = text[text.index("<!-- begin:dtype-table -->"):text.index("<!-- end:dtype-table -->")]
+    lines = [line for line in table.splitlines() if line.startswith("|")][2:]  # past the header and its rule
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def test_the_readme_dtype_table_has_every_row_and_column() -> None:
+    rows = readme_table()
+    assert len(rows) == len(ROWS) and all(len(row) == 1 + len(COLUMNS) for row in rows)
+    assert all(any(row[0].startswith(label) for row in rows) for label in ROWS)
+    assert all(cell in ("yes", "no") for row in rows for cell in row[1:])
+
+
+@pytest.mark.parametrize("row", readme_table(), ids=lambda row: row[0][:40])
+def test_the_readme_dtype_table_is_true(row: list[str], tmp_path: Path) -> None:
+    samples = dtype_samples()
+    label = next(label for label in ROWS if row[0].startswith(label))
+    arrays = [samples[name] for name in ROWS[label] if name in samples] or [np.array([object(), 1], dtype=object)]
+    for (kind, suffixes), cell in zip(COLUMNS, row[1:], strict=True):
+        backend = make(kind, tmp_path)
+        for suffix in suffixes:
+            for array in arrays:
+                path = f"t{next(names)}{suffix}"
+                data: Any = {"x": array} if suffix == ".npz" else array
+                where = f"{kind} {suffix or ''} for {array.dtype}: the table says {cell!r}"
+                if cell == "yes":
+                    backend.save(data, path)
+                    loaded = backend.load(path)
+                    assert kept_exactly(loaded["x"] if suffix == ".npz" else loaded, array) is None, where
+                else:
+                    with pytest.raises(UnsupportedFormatError):
+                        backend.save(data, path)
+                    assert not backend.exists(path), where

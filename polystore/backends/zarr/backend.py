@@ -394,14 +394,21 @@ class ZarrBackend(StorageBackend):
         directory
             Where to look, with all its subdirectories; by default the root.
         older_than
-            Remove only those last changed at least this many seconds ago.
-            The default 0 also removes those of writes still running: while
-            other writers may be active, pass a margin such as 3600.
+            Remove only those last changed at least this many seconds ago
+            (by default any age).
 
         Returns
         -------
         list of str
             The sorted absolute paths of the removed directories.
+
+        Notes
+        -----
+        Safe to run at any time, with any arguments, beside writers in any
+        process: a writer claims its temporary directory (an exclusive
+        ``flock``) until the array is in place, the OS drops the claim when
+        the writer ends, killed or not, and only unclaimed directories are
+        removed (see :mod:`polystore.backends.claims`).
         """
         if directory is None:
             if self.root is None:
