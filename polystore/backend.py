@@ -139,9 +139,9 @@ class StorageBackend(ABC, metaclass=AutoRegisterMeta):
             is written).
         """
         check_batch_lengths(data_list, paths, self.name)
-        check_batch_paths([self.canonical_path(path) for path in paths], paths, self.name, overwrite)
         for data, path in zip(data_list, paths, strict=True):
             self.check_save(data, path, overwrite=overwrite, **kwargs)
+        check_batch_paths([self.canonical_path(path) for path in paths], paths, self.name, overwrite)
         for data, path in zip(data_list, paths, strict=True):
             self.save(data, path, overwrite=overwrite, **kwargs)
 

@@ -192,11 +192,11 @@ class DiskBackend(StorageBackend):
         # Every path and item is checked before the first file is written.
         check_batch_lengths(data_list, paths, self.name)
         targets = self._resolve_all(paths)
-        check_batch_paths(targets, paths, self.name, overwrite)
         payloads = [
             self._encode(data, target, path, kwargs)
             for data, target, path in zip(data_list, targets, paths, strict=True)
         ]
+        check_batch_paths(targets, paths, self.name, overwrite)
         for target, path in zip(targets, paths, strict=True):
             self._check_free(target, path, overwrite)
         for payload, target, path in zip(payloads, targets, paths, strict=True):
@@ -407,7 +407,8 @@ class DiskBackend(StorageBackend):
         kind = FORMATS.get(os.path.splitext(target)[1].lower(), "bytes")
         if kwargs and kind != "tiff":
             raise TypeError(
-                f"disk backend: load got unexpected options {sorted(kwargs)}; only .tif/.tiff files take options"
+                f"disk backend: load of {str(path)!r} got unexpected options {sorted(kwargs)}; "
+                "only .tif/.tiff files take options (tifffile's)"
             )
         with self._open_for_reading(target, path) as stream:
             if kind == "tiff":

@@ -43,7 +43,8 @@ def encode(data: Any, target: str, path: PathLike, options: dict[str, Any], back
     kind = FORMATS.get(os.path.splitext(target)[1].lower(), "bytes")
     if options and kind != "tiff":
         raise TypeError(
-            f"{backend} backend: save got unexpected options {sorted(options)}; only .tif/.tiff files take options"
+            f"{backend} backend: save of {str(path)!r} got unexpected options {sorted(options)}; "
+            "only .tif/.tiff files take options (tifffile's)"
         )
     if kind == "bytes":
         if isinstance(data, (bytes, bytearray)):
@@ -192,7 +193,8 @@ def decode(content: Any, target: str, path: PathLike, options: dict[str, Any], b
     kind = FORMATS.get(os.path.splitext(target)[1].lower(), "bytes")
     if options and kind != "tiff":
         raise TypeError(
-            f"{backend} backend: load got unexpected options {sorted(options)}; only .tif/.tiff files take options"
+            f"{backend} backend: load of {str(path)!r} got unexpected options {sorted(options)}; "
+            "only .tif/.tiff files take options (tifffile's)"
         )
     if kind == "npy":
         return read_npy_buffer(content, path, backend)

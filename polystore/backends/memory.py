@@ -273,6 +273,10 @@ class MemoryBackend(StorageBackend):
     def load(self, path: PathLike, **kwargs: Any) -> Any:
         # docstring inherited
         key = normalize_key(path, "memory")
+        if kwargs:
+            raise TypeError(
+                f"memory backend: load of {str(path)!r} got unexpected options {sorted(kwargs)}; it takes none"
+            )
         try:
             stored = self._files[key]
         except KeyError:

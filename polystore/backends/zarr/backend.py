@@ -228,12 +228,12 @@ class ZarrBackend(StorageBackend):
     ) -> None:
         # docstring inherited
         check_batch_lengths(data_list, paths, self.name)
-        if kwargs.get("region") is None:  # blocks of one batch may go into one array
-            check_batch_paths([str(self._tree.resolve(path)) for path in paths], paths, self.name, overwrite)
         writes = [
             self._plan_save(data, path, overwrite, dict(kwargs), check_state=True)
             for data, path in zip(data_list, paths, strict=True)
         ]
+        if kwargs.get("region") is None:  # blocks of one batch may go into one array
+            check_batch_paths([str(self._tree.resolve(path)) for path in paths], paths, self.name, overwrite)
         for write in writes:
             write()
 
