@@ -111,8 +111,14 @@ class StorageBackend(ABC, metaclass=AutoRegisterMeta):
         ------
         FileExistsError
             ``path`` exists and ``overwrite`` is false.
+        IsADirectoryError
+            A directory is at ``path``, or ``path`` can only name one (the
+            root, or a last part ``.`` or ``..``; a trailing ``/`` is only
+            another spelling of the same path).
         UnsupportedFormatError
-            The backend cannot store this data at this path.
+            The backend cannot store this data at this path, or would not
+            give it back exactly (a dtype, a mask); the message names the
+            dtype and format and says what to use instead. Nothing is written.
         """
         ...
 

@@ -144,11 +144,20 @@ class BackendTests:
         for it. A backend that stores arrays only (zarr) sets
         ``{"array": ".zarr"}``; the kit then checks that the other kinds are
         refused with :class:`UnsupportedFormatError`.
+    array_suffixes
+        Every suffix whose files hold one array, when there are several
+        formats (disk: ``(".npy", ".tif")``); each gets the dtype-fidelity
+        and shape tests. By default the one of ``suffixes["array"]``.
+
+    Notes
+    -----
+    A backend with its own ``save_batch`` checks every item before writing
+    any; one that inherits it implements
+    :meth:`~polystore.StorageBackend.check_save`, which the inherited
+    ``save_batch`` calls first. The kit tests that one bad item writes nothing.
     """
 
     suffixes: ClassVar[Mapping[str, str]] = {"array": ".npy", "bytes": ".bin", "str": ".txt", "dict": ".json"}
-    #: Every suffix whose files hold one array (each a format of its own, such as
-    #: ``(".npy", ".tif")``); empty means the one of ``suffixes["array"]``.
     array_suffixes: ClassVar[tuple[str, ...]] = ()
 
     @pytest.fixture
