@@ -121,10 +121,10 @@ def save_blocks(
 ) -> Delayed | None:
     """Keep each block of ``x`` on the worker that computes it, at ``<path>/<i>.<j>...``, layout beside them."""
     x = _as_dask_array(x)
+    backend, canonical = key
     if options["chunks"] is not None:
         # Blocks are kept as they are; ``chunks`` sets their shape, shards and compressor do not apply.
-        x = x.rechunk(options["chunks"])
-    backend, canonical = key
+        x = x.rechunk(_block_shape(options["chunks"], x, backend, path))
     client = tasks.client
     tasks.settle_before(writes=[key])
     if canonical in owners.locate([canonical]):
@@ -246,8 +246,20 @@ def _blocks(chunks: Sequence[Sequence[int]]) -> list[tuple[tuple[int, ...], tupl
     ]
 
 
+def _block_shape(chunks: Any, x: da.Array, backend: str, path: PathLike) -> tuple[int, ...]:
+    """``chunks`` as the shape of the kept blocks, or ``ValueError`` before anything is stored."""
+    sizes = (chunks,) if isinstance(chunks, int) else tuple(chunks)
+    if len(sizes) != x.ndim or not all(isinstance(size, (int, np.integer)) and size > 0 for size in sizes):
+        raise ValueError(
+            f"{backend} backend: save_array chunks={chunks!r} for {str(path)!r} must give one positive block "
+            f"size per dimension of the array of shape {x.shape}, e.g. chunks={tuple(max(1, side) for side in x.shape)}"
+        )
+    return tuple(int(size) for size in sizes)
+
+
 def _block_path(key: str, index: tuple[int, ...]) -> str:
-    return join_key(key, ".".join(map(str, index)))
+    # A 0-d array has one block, of index (): it is named "0" (never the array's own path).
+    return join_key(key, ".".join(map(str, index)) or "0")
 
 
 def _nothing(*_: Any) -> None:

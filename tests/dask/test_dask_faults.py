@@ -4,17 +4,32 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 
 import dask
 import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from distributed import Client
 
 from polystore_dask import DaskFileManager, PolystorePlugin
 from tests._cluster import PATIENCE, cluster_client, kill_worker, wait_until, worker_addresses
 
 pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def client(polystore_plugin: PolystorePlugin) -> Iterator[Client]:
+    """The module's cluster, which never gives up on a killed worker (the kills here are the tests' own).
+
+    LocalCluster closes a worker's nanny for good if no worker of that name
+    is back lost-worker-timeout after a loss; with kills seconds apart on a
+    loaded machine, one can land just then.
+    """
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "1h"}), cluster_client(2) as client:
+        client.register_plugin(polystore_plugin)
+        yield client
 
 
 def make_array(value: float) -> np.ndarray:
