@@ -154,10 +154,11 @@ class S3Backend(StorageBackend):
         return key
 
     def _file_key(self, path: PathLike) -> str:
-        """The key of ``path`` as a file to write: a name that can only be a directory raises IsADirectoryError."""
+        """The key of ``path`` as a file to write: a name that can only be a directory (the root, a last part
+        ``.`` or ``..``) raises IsADirectoryError."""
         key = self._key(path)
-        text = os.fspath(path)
-        if not key or text.endswith("/") or posixpath.basename(text) in (".", ".."):
+        text = os.fspath(path).rstrip("/")  # a trailing slash is another spelling of the same path
+        if not key or posixpath.basename(text) in (".", ".."):
             raise self._is_directory(path)
         return key
 

@@ -269,5 +269,5 @@ def test_check_save_raises_what_save_would_and_writes_nothing(s3: S3Backend) -> 
     with pytest.raises(NotADirectoryError):
         s3.check_save(b"y", "taken.bin/below.bin")
     with pytest.raises(IsADirectoryError):
-        s3.check_save(b"y", "somewhere/")
+        s3.check_save(b"y", "somewhere/..")
     assert s3.list_dir(".") == ["taken.bin"]
