@@ -34,6 +34,7 @@ from polystore_dask.array_tasks import (
     array_info,
     create_array,
     drop_here,
+    finish_array,
     join_key,
     probe_array,
     read_block,
@@ -84,7 +85,8 @@ def save_by_region(
         block_key = (name, *index)
         layer[block_key] = Task(block_key, write_block, TaskRef((x.name, *index)), traits.name, path, region, origin)
     done = f"polystore-save_array-{token}"
-    layer[done] = Task(done, _nothing, List(*(TaskRef(block_key) for block_key in list(layer))))
+    written = [TaskRef(block_key) for block_key in list(layer)]
+    layer[done] = Task(done, finish_array, traits.name, path, origin, *written)
     delayed = Delayed(done, HighLevelGraph.from_collections(done, layer, dependencies=[x]))
     if not options["compute"]:
         return delayed

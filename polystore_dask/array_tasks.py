@@ -23,6 +23,7 @@ __all__ = [
     "array_info",
     "create_array",
     "drop_here",
+    "finish_array",
     "join_key",
     "probe_array",
     "read_block",
@@ -48,7 +49,7 @@ def create_array(
     where = resolve(path, target, origin)
     try:
         array = target.create_array(  # type: ignore[attr-defined]  # declared by supports_regions
-            where, shape, dtype, chunks, shards=shards, compressor=compressor, overwrite=overwrite
+            where, shape, dtype, chunks, shards=shards, compressor=compressor, overwrite=overwrite, incomplete=True
         )
     except FileExistsError:
         # Run again after its worker died: the first attempt's (empty) array will do.
@@ -68,6 +69,15 @@ def write_block(block: np.ndarray, backend: str, path: Any, region: tuple[slice,
         raise portable(error) from None
 
 
+def finish_array(backend: str, path: Any, origin: str | None, *written: None) -> None:
+    """Mark the array at ``path`` complete, once every block is ``written``."""
+    target = get_registry()[backend]
+    try:
+        target.complete_array(resolve(path, target, origin))  # type: ignore[attr-defined]  # supports_regions
+    except Exception as error:
+        raise portable(error) from None
+
+
 def array_info(backend: str, path: Any, origin: str | None) -> dict[str, Any]:
     """The shape, dtype and chunks of the array at ``path``."""
     target = get_registry()[backend]
@@ -75,6 +85,12 @@ def array_info(backend: str, path: Any, origin: str | None) -> dict[str, Any]:
     if stat["type"] == "directory":
         raise IsADirectoryError(
             errno.EISDIR, f"{backend} backend: load_array needs an array, and this path is a directory", str(path)
+        )
+    if stat.get("incomplete"):
+        raise ValueError(
+            f"{backend} backend: load_array refuses the array at {str(path)!r}: it is incomplete (the save_array "
+            "that made it did not finish, so parts of it may hold only the fill value); write it again with "
+            "save_array(..., overwrite=True)"
         )
     if not {"shape", "dtype", "chunks"} <= stat.keys():
         raise UnsupportedFormatError(

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import difflib
 import errno
+import json
 import os
 import posixpath
 import shutil
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from polystore.backend import PathLike, StorageBackend, check_batch_lengths, check_batch_paths
+from polystore.backends.disk import TEMP_PREFIX
 from polystore.backends.zarr.create import (
     array_layout,
     as_array,
@@ -43,6 +46,19 @@ if TYPE_CHECKING:
     import zarr
 
 __all__ = ["ZarrBackend"]
+
+#: The attribute that marks an array whose writes have not all finished (see ``create_array``).
+INCOMPLETE = "polystore.incomplete"
+
+
+def incomplete_error(path: PathLike) -> ValueError:
+    """The error for reading an array marked incomplete."""
+    return ValueError(
+        f"zarr backend: the array at {os.fspath(path)!r} is incomplete: the save_array (or writes after "
+        "create_array(..., incomplete=True)) that made it did not finish, so parts of it may hold only the "
+        "fill value; write it again with overwrite=True"
+    )
+
 
 #: How often a load starts again when the array is replaced while being read.
 _READ_ATTEMPTS = 5
@@ -292,6 +308,7 @@ class ZarrBackend(StorageBackend):
         fill_value: Any = 0,
         attributes: dict[str, Any] | None = None,
         overwrite: bool = False,
+        incomplete: bool = False,
     ) -> zarr.Array:
         """Create an array at ``path`` whose every element is ``fill_value``, for writes of blocks.
 
@@ -299,7 +316,10 @@ class ZarrBackend(StorageBackend):
         processes or Dask tasks at once, each writing whole chunks (whole
         shards when sharded); writes that share a chunk can lose updates.
         The parameters are those of :meth:`save`; ``chunks=None`` picks the
-        default chunks.
+        default chunks. With ``incomplete``, the array is marked incomplete
+        (the attribute ``"polystore.incomplete"``): :meth:`load` refuses it
+        and :meth:`stat` says so until :meth:`complete_array` is called, so
+        an array whose writers did not all finish is never read as whole.
 
         Returns
         -------
@@ -326,6 +346,8 @@ class ZarrBackend(StorageBackend):
         check_zarr_dtype(dtype, path)
         codecs = compressors_for(compressor)
         layout = array_layout(shape, dtype, chunks, shards, path)
+        if incomplete:
+            attributes = {**(attributes or {}), INCOMPLETE: True}
         self._tree.build(
             target,
             path,
@@ -335,6 +357,24 @@ class ZarrBackend(StorageBackend):
             ),
         )
         return self._open(target, path, mode="r+")
+
+    def complete_array(self, path: PathLike) -> None:
+        """Mark the array at ``path``, made by ``create_array(..., incomplete=True)``, complete.
+
+        Its ``zarr.json`` is rewritten without the mark and renamed into
+        place, so a reader sees it marked or not, never a torn file. An
+        array already complete is left as it is.
+        """
+        target = self._tree.resolve(path)
+        self._tree.require_array(target, path, "complete")
+        metadata_path = target / "zarr.json"
+        metadata = json.loads(metadata_path.read_text())
+        if INCOMPLETE not in metadata.get("attributes", {}):
+            return
+        del metadata["attributes"][INCOMPLETE]
+        temp = target / f"{TEMP_PREFIX}zarr.json-{uuid.uuid4().hex}"
+        temp.write_text(json.dumps(metadata, indent=2))
+        os.replace(temp, metadata_path)
 
     def ensure_directory(self, path: PathLike) -> None:
         # docstring inherited
@@ -501,6 +541,8 @@ class ZarrBackend(StorageBackend):
 
     def _read(self, target: Path, path: PathLike, selection: Any, region: Any, identity: Any) -> np.ndarray:
         array = self._open(target, path, mode="r", identity=identity)
+        if array.attrs.get(INCOMPLETE):
+            raise incomplete_error(path)
         check_selection_bounds(selection, array.shape, region, str(path))
         try:
             # zarr gives a 0-d selection as a scalar (a bytes_ scalar loses its
@@ -577,5 +619,6 @@ class ZarrBackend(StorageBackend):
             "chunks": array.chunks,
             "shards": array.shards,
             "compressor": compressor_name(array),
+            "incomplete": bool(array.attrs.get(INCOMPLETE)),
         }
 
