@@ -63,10 +63,11 @@ class StorageBackend(ABC, metaclass=AutoRegisterMeta):
     #: every operation by it.
     locality: ClassVar[Locality] = "shared"
     #: Whether the backend stores arrays by region, with ``create_array(path,
-    #: shape, dtype, chunks, ...)``, ``save(block, path, region=...)`` and
-    #: ``load(path, region=...)``, with ``stat`` giving ``shape``, ``dtype``
-    #: and ``chunks`` (as zarr does). ``save_array`` writes such a backend
-    #: block by block.
+    #: shape, dtype, chunks, ..., incomplete=False)``, ``complete_array(path)``,
+    #: ``save(block, path, region=...)`` and ``load(path, region=...)``, with
+    #: ``stat`` giving ``shape``, ``dtype``, ``chunks`` and ``incomplete`` (as
+    #: zarr does). ``save_array`` writes such a backend block by block, into
+    #: an array created incomplete and marked complete after its last block.
     supports_regions: ClassVar[bool] = False
 
     @property
