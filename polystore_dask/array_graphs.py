@@ -143,7 +143,7 @@ def save_blocks(
     block_paths = [_block_path(canonical, index) for index, _ in _blocks(x.chunks)]
     for (index, _), block_path in zip(_blocks(x.chunks), block_paths, strict=True):
         block_key = (name, *index)
-        layer[block_key] = Task(block_key, store_block, TaskRef((x.name, *index)), backend, block_path)
+        layer[block_key] = Task(block_key, store_block, TaskRef((x.name, *index)), backend, block_path, x.dtype.str)
     layout = {"shape": list(x.shape), "dtype": x.dtype.str, "chunks": [list(sizes) for sizes in x.chunks]}
     owners_key = f"polystore-save_array-layout-{token}"
     layer[owners_key] = Task(

@@ -116,8 +116,14 @@ def read_block(region: tuple[slice, ...], backend: str, path: Any, origin: str |
 
 
 # -- backends that keep data per process -------------------------------------
-def store_block(block: np.ndarray, backend: str, block_path: str) -> Owner:
-    """Keep ``block`` in this worker's backend at ``block_path``; return this worker."""
+def store_block(block: np.ndarray, backend: str, block_path: str, dtype: str) -> Owner:
+    """Keep ``block`` in this worker's backend at ``block_path``, as the array's ``dtype``; return this worker.
+
+    The block may have come by pickle, which makes a big-endian datetime
+    little-endian; it is kept in the array's own dtype.
+    """
+    if isinstance(block, np.ndarray) and block.dtype.str != dtype:
+        block = block.astype(dtype)
     worker = get_worker()
     registry_of(worker)[backend].save(block, block_path, overwrite=True)
     return Owner(worker.address, worker.id)

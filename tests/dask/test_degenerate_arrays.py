@@ -33,3 +33,16 @@ def test_zero_sized_chunks_are_refused_before_anything_is_created(dfm, tmp_path,
     assert not dfm.exists(path, backend)
     dfm.save_array(da.ones((4, 5), chunks=(2, 5)), path, backend, chunks=(2, 5))
     np.testing.assert_array_equal(dfm.load_array(path, backend).compute(), np.ones((4, 5)))
+
+
+@pytest.mark.parametrize("backend", ["zarr", "memory"])
+@pytest.mark.parametrize("dtype", [">i4", ">f8", "<u2", ">M8[s]"])
+def test_save_array_keeps_the_byte_order(dfm, tmp_path, backend, dtype):
+    value = np.arange(24).reshape(4, 6).astype(dtype)
+    path = where(backend, tmp_path, f"order-{dtype.strip('<>[]')}")
+    dfm.save_array(da.from_array(value, chunks=(2, 6)), path, backend)
+    loaded = dfm.load_array(path, backend)
+    assert loaded.dtype == value.dtype
+    computed = loaded.compute()
+    assert computed.dtype == value.dtype
+    np.testing.assert_array_equal(computed, value)
