@@ -43,9 +43,10 @@ from polystore_dask.array_tasks import (
     store_layout,
     write_block,
 )
+from polystore_dask.errors import lost_error
 from polystore_dask.ordering import OrderedTasks
 from polystore_dask.owners import ProcessOwners
-from polystore_dask.tasks import attempt, lost_error
+from polystore_dask.tasks import attempt
 from polystore_dask.traits import BackendTraits, PathKey
 from polystore_dask.workers import Owner, Workers, run_everywhere
 

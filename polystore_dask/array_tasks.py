@@ -13,8 +13,9 @@ import numpy as np
 from distributed import get_worker
 
 from polystore.errors import UnsupportedFormatError
+from polystore_dask.errors import portable
 from polystore_dask.plugin import get_registry, registry_of
-from polystore_dask.tasks import check_owner, is_rerun, portable, resolve
+from polystore_dask.tasks import check_owner, is_rerun, resolve
 from polystore_dask.workers import Owner
 
 __all__ = [

@@ -12,7 +12,8 @@ from typing import Any
 
 from distributed import Client, Future
 
-from polystore_dask.tasks import lost_error, probe_kinds, probe_listing, probe_stat
+from polystore_dask.errors import lost_error
+from polystore_dask.tasks import probe_kinds, probe_listing, probe_stat
 from polystore_dask.workers import Owner, Workers, run_everywhere
 
 __all__ = ["ProcessOwners"]

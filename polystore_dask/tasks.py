@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import errno
 import os
-import pickle
 import posixpath
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-import tblib.pickling_support  # type: ignore[import-untyped]  # no stubs; a dependency of distributed
 from distributed import get_worker
 from distributed.worker import Worker
 
 from polystore.backend import StorageBackend
+from polystore_dask.errors import LostPathError, lost_error, portable
 from polystore_dask.plugin import registry_of
 from polystore_dask.workers import Owner
 
 __all__ = [
-    "LostPathError",
     "Outcome",
     "attempt",
     "call",
@@ -38,8 +36,6 @@ __all__ = [
     "hold",
     "is_rerun",
     "join_batches",
-    "lost_error",
-    "portable",
     "probe_kinds",
     "probe_listing",
     "probe_stat",
@@ -71,42 +67,6 @@ def attempt(function: Callable[..., Any], *args: Any, after: Sequence[Any] = ())
         return Outcome(function(*args))
     except Exception as error:
         return Outcome(error=portable(error))
-
-
-def portable(error: BaseException) -> BaseException:
-    """``error``, made to reach the client with its own type and message.
-
-    distributed pickles an exception together with its chain of causes
-    (through tblib); a library's exception in that chain that cannot be
-    rebuilt from its pickle (zarr's ``ArrayNotFoundError``, for one) turns
-    the whole error into a bare ``Exception`` on the client. Such a chain is
-    cut; an error that cannot travel itself becomes the nearest builtin type
-    it derives from, with the same message.
-    """
-    if _travels(error):
-        return error
-    error.__cause__ = error.__context__ = None
-    error.__suppress_context__ = True
-    if _travels(error):
-        return error
-    builtin: type[BaseException] = next(
-        kind for kind in type(error).__mro__ if kind.__module__ == "builtins" and issubclass(kind, BaseException)
-    )
-    replacement = builtin(*error.args) if issubclass(builtin, OSError) else builtin(str(error))
-    return replacement.with_traceback(error.__traceback__)
-
-
-def _travels(error: BaseException) -> bool:
-    """Whether ``error`` survives the pickling distributed gives it on the way to the client."""
-    links = [error]
-    while (following := links[-1].__cause__ or links[-1].__context__) is not None and following not in links:
-        links.append(following)
-    tblib.pickling_support.install(*links)
-    try:
-        pickle.loads(pickle.dumps(error))
-    except Exception:
-        return False
-    return True
 
 
 def unwrap(outcome: Outcome) -> Any:
@@ -142,27 +102,6 @@ def check_owner(owner: Owner, worker: Worker, backend: str, paths: Sequence[Any]
     """
     if worker.id != owner.worker_id:
         raise lost_error(backend, paths[0], owner, len(paths) - 1)
-
-
-class LostPathError(FileNotFoundError):
-    """A path kept in the memory of a worker that has left or restarted (``owner``); ``count`` paths in all."""
-
-    owner: str
-    backend: str
-    count: int
-
-
-def lost_error(backend: str, path: Any, owner: Owner | str, more: int = 0) -> LostPathError:
-    """The error for a path of a per-process backend whose owner has left the cluster or restarted."""
-    also = f" (and {more} more paths of this batch)" if more else ""
-    error = LostPathError(
-        errno.ENOENT,
-        f"{backend} backend: this path{also} was kept in the memory of worker {owner}, which has "
-        "left or restarted since; what it kept is lost, save it again",
-        str(path),
-    )
-    error.owner, error.backend, error.count = str(owner), backend, 1 + more
-    return error
 
 
 def call(

@@ -1,0 +1,75 @@
+"""Errors of polystore tasks as the caller gets them: with their own type and message, and lost data named.
+
+distributed sends a task's exception to the client by pickle; :func:`portable`
+makes sure what arrives is the error that was raised. :class:`LostPathError`
+is the error for data kept by a worker that has gone.
+"""
+
+from __future__ import annotations
+
+import errno
+import pickle
+from typing import Any
+
+import tblib.pickling_support  # type: ignore[import-untyped]  # no stubs; a dependency of distributed
+
+from polystore_dask.workers import Owner
+
+__all__ = ["LostPathError", "lost_error", "portable"]
+
+
+class LostPathError(FileNotFoundError):
+    """A path kept in the memory of a worker that has left or restarted (``owner``); ``count`` paths in all."""
+
+    owner: str
+    backend: str
+    count: int
+
+
+def lost_error(backend: str, path: Any, owner: Owner | str, more: int = 0) -> LostPathError:
+    """The error for a path of a per-process backend whose owner has left the cluster or restarted."""
+    also = f" (and {more} more paths of this batch)" if more else ""
+    error = LostPathError(
+        errno.ENOENT,
+        f"{backend} backend: this path{also} was kept in the memory of worker {owner}, which has "
+        "left or restarted since; what it kept is lost, save it again",
+        str(path),
+    )
+    error.owner, error.backend, error.count = str(owner), backend, 1 + more
+    return error
+
+
+def portable(error: BaseException) -> BaseException:
+    """``error``, made to reach the client with its own type and message.
+
+    distributed pickles an exception together with its chain of causes
+    (through tblib); a library's exception in that chain that cannot be
+    rebuilt from its pickle (zarr's ``ArrayNotFoundError``, for one) turns
+    the whole error into a bare ``Exception`` on the client. Such a chain is
+    cut; an error that cannot travel itself becomes the nearest builtin type
+    it derives from, with the same message.
+    """
+    if _travels(error):
+        return error
+    error.__cause__ = error.__context__ = None
+    error.__suppress_context__ = True
+    if _travels(error):
+        return error
+    builtin: type[BaseException] = next(
+        kind for kind in type(error).__mro__ if kind.__module__ == "builtins" and issubclass(kind, BaseException)
+    )
+    replacement = builtin(*error.args) if issubclass(builtin, OSError) else builtin(str(error))
+    return replacement.with_traceback(error.__traceback__)
+
+
+def _travels(error: BaseException) -> bool:
+    """Whether ``error`` survives the pickling distributed gives it on the way to the client."""
+    links = [error]
+    while (following := links[-1].__cause__ or links[-1].__context__) is not None and following not in links:
+        links.append(following)
+    tblib.pickling_support.install(*links)
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return False
+    return True
