@@ -79,10 +79,12 @@ def holders_of(client: Client, data_list: Sequence[Any]) -> dict[int, str]:
 def ship(client: Client, data: Any, pin: list[str] | None) -> Any:
     """Scatter large inline data (to the pinned worker) instead of embedding it in the graph.
 
-    Arrays that pickling would change are scattered too, whatever their
-    size: numpy's pickle turns a big-endian datetime or timedelta array
-    little-endian, while distributed's own array serialization, which
-    scattered data travels by, keeps the dtype exactly.
+    A list of items (a batch part) is scattered as one object, so a part
+    costs one key however many items it has. Arrays that pickling would
+    change are scattered too, whatever their size: numpy's pickle turns a
+    big-endian datetime or timedelta array little-endian, while
+    distributed's own array serialization, which scattered data travels by,
+    keeps the dtype exactly.
 
     Scattered data is held by two workers where there are two: data held
     by one only dies with it, and the task saving it could then neither
@@ -91,9 +93,13 @@ def ship(client: Client, data: Any, pin: list[str] | None) -> Any:
     if isinstance(data, list):
         if sum(map(nbytes, data)) < SCATTER_BYTES and not any(map(_changed_by_pickle, data)):
             return data
-        shipped = [_scatter(client, item, pin) if nbytes(item) else item for item in data]
-        _replicate(client, [item for item in shipped if isinstance(item, Future)])
-        return shipped
+        if any(isinstance(item, Future) for item in data):
+            shipped = [_scatter(client, item, pin) if nbytes(item) else item for item in data]
+            _replicate(client, [item for item in shipped if isinstance(item, Future)])
+            return shipped
+        future = _scatter(client, [data], pin)
+        _replicate(client, [future])
+        return future
     if nbytes(data) < SCATTER_BYTES and not _changed_by_pickle(data):
         return data
     future = _scatter(client, data, pin)
@@ -102,6 +108,10 @@ def ship(client: Client, data: Any, pin: list[str] | None) -> Any:
 
 
 def _scatter(client: Client, data: Any, pin: list[str] | None) -> Future:
+    """One future holding ``data`` (a list given as ``[items]`` becomes one object, not one per item)."""
+    if isinstance(data, list):
+        (future,) = client.scatter(data, workers=pin, hash=False)
+        return future
     return client.scatter(data, workers=pin, hash=False)
 
 

@@ -40,7 +40,8 @@ class BatchPart(NamedTuple):
     """The items of a batch that one task saves: their positions, their data, and where it runs."""
 
     positions: list[int]
-    items: list[Any]
+    #: The items, or a Future of them (scattered to the part's worker).
+    items: list[Any] | Future
     pin: list[str] | None
     owner: Owner | None
 
@@ -87,8 +88,11 @@ class Placement(ABC):
         held: list[Any] = [part.items for part in parts]
         checks: list[Future] = []
         if len(parts) > 1:
+            # Inline items go into the graph once, in a task whose result the check and the save share.
             held = [
-                self.tasks.submit(f"polystore-save_batch-data-{token}-{index}", hold, part.items, pin=part.pin)
+                part.items
+                if isinstance(part.items, Future)
+                else self.tasks.submit(f"polystore-save_batch-data-{token}-{index}", hold, part.items, pin=part.pin)
                 for index, part in enumerate(parts)
             ]
             checks = [

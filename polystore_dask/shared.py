@@ -38,9 +38,13 @@ class SharedPlacement(Placement):
         held = holders_of(self.client, data_list)
         places = [workers.at(held.get(index, "")) for index in range(len(keys))]
         groups = group_items(places, items_per_task(len(keys), len(workers)), [nbytes(data) for data in data_list])
+        running = workers.running()
         parts = []
-        for owner, positions in groups:
-            pin = None if owner is None else [owner.address]
+        for part, (owner, positions) in enumerate(groups):
+            # A part whose data is not on a worker yet goes to the next worker in turn: its
+            # data, its check and its save then stay on that worker.
+            place = owner or (running[part % len(running)] if running else None)
+            pin = None if place is None else [place.address]
             items = ship(self.client, [data_list[index] for index in positions], pin)
             parts.append(BatchPart(positions, items, pin, None))
         return self.submit_batch(parts, paths, keys, options)
