@@ -42,7 +42,7 @@ import numpy as np
 
 from polystore import InvalidPathError, StorageBackend, UnsupportedFormatError
 from polystore.backend import PathLike
-from polystore.paths import names_a_directory
+from polystore.paths import names_a_directory, sort_names
 
 __all__ = ["GzipNpyBackend"]
 
@@ -252,6 +252,7 @@ class GzipNpyBackend(StorageBackend):
         pattern: str | None = None,
         extensions: set[str] | None = None,
         recursive: bool = False,
+        sort: str = "lexicographic",
     ) -> list[str]:
         # docstring inherited
         base = self._directory(directory)
@@ -271,11 +272,12 @@ class GzipNpyBackend(StorageBackend):
             and (pattern is None or fnmatch.fnmatchcase(posixpath.basename(name), pattern))
             and (not endings or name.lower().endswith(endings))
         ]
-        return sorted(posixpath.join(os.fspath(directory), name) for name in kept)
+        return sort_names((posixpath.join(os.fspath(directory), name) for name in kept), sort)
 
-    def list_dir(self, path: PathLike) -> list[str]:
+    def list_dir(self, path: PathLike, sort: str = "lexicographic") -> list[str]:
         # docstring inherited
-        return sorted(name for name in os.listdir(self._directory(path)) if not name.startswith(_TEMP_PREFIX))
+        names = [name for name in os.listdir(self._directory(path)) if not name.startswith(_TEMP_PREFIX)]
+        return sort_names(names, sort)
 
     def stat(self, path: PathLike) -> dict[str, Any]:
         # docstring inherited

@@ -229,6 +229,7 @@ class StorageBackend(ABC, metaclass=AutoRegisterMeta):
         pattern: str | None = None,
         extensions: set[str] | None = None,
         recursive: bool = False,
+        sort: str = "lexicographic",
     ) -> list[str]:
         """Return the sorted paths of the files in ``directory``.
 
@@ -244,6 +245,12 @@ class StorageBackend(ABC, metaclass=AutoRegisterMeta):
             ``a.ome.tif``; ``{".ome.tif"}`` keeps only the latter.
         recursive
             Also look in subdirectories.
+        sort
+            ``"lexicographic"`` (the default: by code point, as ``sorted``)
+            or ``"natural"`` (digit runs by value, so ``img2`` comes before
+            ``img10``; see :func:`polystore.paths.natural_key`). Sort with
+            :func:`polystore.paths.sort_names`, which also refuses any other
+            value.
 
         Raises
         ------
@@ -251,12 +258,18 @@ class StorageBackend(ABC, metaclass=AutoRegisterMeta):
             ``directory`` does not exist.
         NotADirectoryError
             ``directory`` is a file.
+        ValueError
+            ``sort`` is neither ``"lexicographic"`` nor ``"natural"``.
         """
         ...
 
     @abstractmethod
-    def list_dir(self, path: PathLike) -> list[str]:
-        """Return the sorted names of the entries (files and directories) in ``path``."""
+    def list_dir(self, path: PathLike, sort: str = "lexicographic") -> list[str]:
+        """Return the sorted names of the entries (files and directories) in ``path``.
+
+        ``sort`` is ``"lexicographic"`` (the default) or ``"natural"``, as
+        for :meth:`list_files`.
+        """
         ...
 
     @abstractmethod

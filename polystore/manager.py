@@ -115,15 +115,20 @@ class FileManager:
         pattern: str | None = None,
         extensions: set[str] | None = None,
         recursive: bool = False,
+        sort: str = "lexicographic",
     ) -> list[str]:
-        """Return the sorted file paths in ``directory``; see :meth:`StorageBackend.list_files`."""
+        """Return the sorted file paths in ``directory``; see :meth:`StorageBackend.list_files`.
+
+        ``sort="natural"`` orders digit runs by value (``img2`` before
+        ``img10``); the default is ``"lexicographic"``.
+        """
         return self.get_backend(backend).list_files(
-            directory, pattern=pattern, extensions=extensions, recursive=recursive
+            directory, pattern=pattern, extensions=extensions, recursive=recursive, sort=sort
         )
 
-    def list_dir(self, path: PathLike, backend: str) -> list[str]:
-        """Return the sorted entry names in the directory ``path``."""
-        return self.get_backend(backend).list_dir(path)
+    def list_dir(self, path: PathLike, backend: str, sort: str = "lexicographic") -> list[str]:
+        """Return the sorted entry names in the directory ``path``; ``sort`` as for :meth:`list_files`."""
+        return self.get_backend(backend).list_dir(path, sort=sort)
 
     def ensure_directory(self, path: PathLike, backend: str) -> None:
         """Create the directory ``path`` and its parents (idempotent)."""

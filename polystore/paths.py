@@ -11,21 +11,27 @@ from __future__ import annotations
 import fnmatch
 import os
 import posixpath
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from polystore.errors import InvalidPathError
 
 __all__ = [
     "NAME_MAX",
+    "SORT_ORDERS",
     "PathSpelling",
     "as_path_string",
     "check_name_lengths",
+    "check_sort",
     "confine",
     "filter_names",
     "names_a_directory",
+    "natural_key",
     "normalize_key",
+    "sort_names",
 ]
 
 
@@ -160,6 +166,96 @@ def filter_names(names: list[str], pattern: str | None, extensions: set[str] | N
         endings = tuple(ext.lower() for ext in extensions)
         names = [name for name in names if posixpath.basename(name).lower().endswith(endings)]
     return names
+
+
+#: The orders a listing can come in: the values of ``sort=`` on ``list_files`` and ``list_dir``.
+SORT_ORDERS = ("lexicographic", "natural")
+
+_DIGIT_RUN = re.compile(r"([0-9]+)")
+
+
+def check_sort(sort: str) -> None:
+    """Raise ``ValueError`` unless ``sort`` is one of :data:`SORT_ORDERS`.
+
+    Examples
+    --------
+    >>> check_sort("natural")
+    >>> check_sort("numeric")
+    Traceback (most recent call last):
+    ...
+    ValueError: sort must be 'lexicographic' (the default) or 'natural', not 'numeric'
+    """
+    if not isinstance(sort, str) or sort not in SORT_ORDERS:
+        raise ValueError(f"sort must be 'lexicographic' (the default) or 'natural', not {sort!r}")
+
+
+def natural_key(name: str) -> tuple[Any, ...]:
+    """The key that sorts names and paths in natural order: ``img2`` before ``img10``.
+
+    The rule, the same on every backend:
+
+    - A run of ASCII digits ``0``-``9`` compares with another by its value,
+      however long it is; against any other character it compares as a
+      digit does (after space, ``-`` and ``.``; before letters and ``_``).
+      Other digits (``²``, ``٣``) are ordinary characters.
+    - Everything else compares by code point, as in the lexicographic
+      order: case matters (``B`` before ``a``).
+    - Runs of equal value but other spelling (``img02``, ``img2``) are
+      ordered by the plain lexicographic order of the name, so ``img02``
+      comes before ``img2`` and no two different names tie.
+    - A path compares part by part, split at ``/``, so digit runs count in
+      its directories too (``run2/a`` before ``run10/a``) and the files of
+      one directory stay together.
+
+    Examples
+    --------
+    >>> sorted(["img10.tif", "img2.tif", "img1.tif"], key=natural_key)
+    ['img1.tif', 'img2.tif', 'img10.tif']
+    >>> sorted(["img2", "img02", "img1"], key=natural_key)
+    ['img1', 'img02', 'img2']
+    >>> sorted(["run10/a", "run2/b", "run2/a"], key=natural_key)
+    ['run2/a', 'run2/b', 'run10/a']
+    """
+    return tuple(_part_key(part) for part in name.split("/"))
+
+
+def _part_key(part: str) -> tuple[tuple[Any, ...], str]:
+    pieces = _DIGIT_RUN.split(part)  # text, digits, text, ..., text: digit runs at the odd places
+    last = len(pieces) - 1
+    key: list[Any] = []
+    for index, piece in enumerate(pieces):
+        if index % 2:
+            value = piece.lstrip("0")
+            key.append((len(value), value))  # by value, without int(): no limit on the run's length
+        else:
+            # Text that a digit run follows ends in a digit, so that the run compares with
+            # the other name's next character as a digit would: "a.txt" < "a1.txt" < "ab.txt".
+            key.append(piece + "0" if index < last else piece)
+    return tuple(key), part
+
+
+def sort_names(names: Iterable[str], sort: str = "lexicographic") -> list[str]:
+    """Return ``names`` sorted as ``sort`` says: ``"lexicographic"`` (by code point) or ``"natural"``.
+
+    Every backend sorts its listings with this, so that ``sort=`` means the
+    same on all of them; see :func:`natural_key` for the natural order.
+
+    Raises
+    ------
+    ValueError
+        ``sort`` is neither ``"lexicographic"`` nor ``"natural"``.
+
+    Examples
+    --------
+    >>> sort_names(["img10", "img2"])
+    ['img10', 'img2']
+    >>> sort_names(["img10", "img2"], "natural")
+    ['img2', 'img10']
+    """
+    check_sort(sort)
+    if sort == "natural":
+        return sorted(names, key=natural_key)
+    return sorted(names)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import math
 import pathlib
+import posixpath
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -30,6 +31,7 @@ import pytest
 
 from polystore.backend import StorageBackend
 from polystore.errors import InvalidPathError, ReadOnlyError, UnsupportedFormatError
+from polystore.paths import natural_key
 
 __all__ = [
     "SAMPLES",
@@ -486,6 +488,37 @@ class BackendTests:
         with pytest.raises(FileNotFoundError):
             backend.list_dir("no_such_dir")
 
+    def _populate_numbered(self, backend: StorageBackend) -> None:
+        for stem in ("img10", "img2", "img1", "img02", "run10/frame", "run2/frame"):
+            backend.save(SAMPLES[self.kind_any], f"numbered/{self.path(stem)}")
+
+    def test_list_files_natural_sort_orders_digit_runs_by_value(self, backend: StorageBackend) -> None:
+        self._populate_numbered(backend)
+        # Equal values spelled differently (img02, img2) keep their lexicographic order.
+        images = [f"numbered/{self.path(stem)}" for stem in ("img1", "img02", "img2", "img10")]
+        assert backend.list_files("numbered", sort="natural") == images
+        runs = [f"numbered/{self.path(stem)}" for stem in ("run2/frame", "run10/frame")]
+        assert backend.list_files("numbered", recursive=True, sort="natural") == images + runs
+
+    def test_list_dir_natural_sort_orders_digit_runs_by_value(self, backend: StorageBackend) -> None:
+        self._populate_numbered(backend)
+        images = [self.path(stem) for stem in ("img1", "img02", "img2", "img10")]
+        assert backend.list_dir("numbered", sort="natural") == [*images, "run2", "run10"]
+
+    def test_listings_are_lexicographic_by_default(self, backend: StorageBackend) -> None:
+        self._populate_numbered(backend)
+        images = [f"numbered/{self.path(stem)}" for stem in ("img02", "img1", "img10", "img2")]
+        assert backend.list_files("numbered") == backend.list_files("numbered", sort="lexicographic") == images
+        entries = [self.path(stem) for stem in ("img02", "img1", "img10", "img2")] + ["run10", "run2"]
+        assert backend.list_dir("numbered") == backend.list_dir("numbered", sort="lexicographic") == entries
+
+    @pytest.mark.parametrize("listing", ["list_files", "list_dir"])
+    def test_listing_with_an_unknown_sort_raises_value_error(self, backend: StorageBackend, listing: str) -> None:
+        self._populate_numbered(backend)
+        for sort in ("numeric", "Natural", None):
+            with pytest.raises(ValueError, match=f"'lexicographic'.*'natural'.*not {sort!r}"):
+                getattr(backend, listing)("numbered", sort=sort)
+
     # -- directories -----------------------------------------------------------
     def test_ensure_directory_creates_parents_and_is_idempotent(self, backend: StorageBackend) -> None:
         backend.ensure_directory("made/of/parts")
@@ -644,3 +677,13 @@ class ReadOnlyBackendTests:
         with pytest.raises(ReadOnlyError, match="read-only"):
             write(backend, path)
         assert_same_data(backend.load(path), expected)
+
+    def test_listings_take_sort_and_refuse_an_unknown_one(
+        self, backend: StorageBackend, contents: dict[str, Any]
+    ) -> None:
+        directory = posixpath.dirname(next(iter(contents))) or "/"
+        files, entries = backend.list_files(directory), backend.list_dir(directory)
+        assert backend.list_files(directory, sort="natural") == sorted(files, key=natural_key)
+        assert backend.list_dir(directory, sort="natural") == sorted(entries, key=natural_key)
+        with pytest.raises(ValueError, match="'numeric'"):
+            backend.list_dir(directory, sort="numeric")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from distributed import Client, Future
 
 from polystore.backend import PathLike, check_batch_lengths
+from polystore.paths import check_sort
 from polystore_dask.ordering import OrderedTasks
 from polystore_dask.per_process import ProcessPlacement
 from polystore_dask.placement import Placement
@@ -169,15 +170,22 @@ class DaskFileManager:
         pattern: str | None = None,
         extensions: set[str] | None = None,
         recursive: bool = False,
+        sort: str = "lexicographic",
     ) -> list[str]:
-        """Return the sorted file paths in ``directory`` (the union over workers, for a per-process backend)."""
-        options = {"pattern": pattern, "extensions": extensions, "recursive": recursive}
+        """Return the sorted file paths in ``directory`` (the union over workers, for a per-process backend).
+
+        ``sort="natural"`` orders digit runs by value (``img2`` before
+        ``img10``); the default is ``"lexicographic"``.
+        """
+        check_sort(sort)
+        options = {"pattern": pattern, "extensions": extensions, "recursive": recursive, "sort": sort}
         listed: list[str] = self._placement(backend).query("list_files", directory, options)
         return listed
 
-    def list_dir(self, path: PathLike, backend: str) -> list[str]:
+    def list_dir(self, path: PathLike, backend: str, sort: str = "lexicographic") -> list[str]:
         """Return the sorted entry names in the directory ``path`` (the union over workers, per process)."""
-        listed: list[str] = self._placement(backend).query("list_dir", path, {})
+        check_sort(sort)
+        listed: list[str] = self._placement(backend).query("list_dir", path, {"sort": sort})
         return listed
 
     def stat(self, path: PathLike, backend: str) -> dict[str, Any]:

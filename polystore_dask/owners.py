@@ -12,6 +12,7 @@ from typing import Any
 
 from distributed import Client, Future
 
+from polystore.paths import sort_names
 from polystore_dask.errors import lost_error
 from polystore_dask.tasks import probe_kinds, probe_listing, probe_stat
 from polystore_dask.workers import Owner, Workers, run_everywhere
@@ -152,7 +153,7 @@ class ProcessOwners:
         answers = [outcome for _, outcome in reached.values()]
         listed = [outcome.value for outcome in answers if outcome.error is None]
         if listed:
-            return sorted(set().union(*listed))
+            return sort_names(set().union(*listed), options.get("sort", "lexicographic"))
         errors = [outcome.error for outcome in answers]
         for error in errors:
             if isinstance(error, NotADirectoryError):

@@ -9,7 +9,7 @@ from typing import Any
 
 from polystore import MemoryBackend, ReadOnlyBackend, StorageBackend
 from polystore.backend import PathLike
-from polystore.paths import filter_names, normalize_key
+from polystore.paths import filter_names, normalize_key, sort_names
 
 
 class CountingBackend(StorageBackend):
@@ -61,11 +61,14 @@ class CountingBackend(StorageBackend):
         pattern: str | None = None,
         extensions: set[str] | None = None,
         recursive: bool = False,
+        sort: str = "lexicographic",
     ) -> list[str]:
-        return self._call("list_files", directory, pattern=pattern, extensions=extensions, recursive=recursive)
+        return self._call(
+            "list_files", directory, pattern=pattern, extensions=extensions, recursive=recursive, sort=sort
+        )
 
-    def list_dir(self, path: PathLike) -> list[str]:
-        return self._call("list_dir", path)
+    def list_dir(self, path: PathLike, sort: str = "lexicographic") -> list[str]:
+        return self._call("list_dir", path, sort=sort)
 
     def stat(self, path: PathLike) -> dict[str, Any]:
         return self._call("stat", path)
@@ -105,6 +108,7 @@ class FrozenBackend(ReadOnlyBackend):
         pattern: str | None = None,
         extensions: set[str] | None = None,
         recursive: bool = False,
+        sort: str = "lexicographic",
     ) -> list[str]:
         key = normalize_key(directory, self.name)
         if key not in self._dirs:
@@ -112,16 +116,18 @@ class FrozenBackend(ReadOnlyBackend):
         prefix = key + "/" if key else ""
         names = [name[len(prefix):] for name in self._files if name.startswith(prefix)]
         names = [name for name in names if recursive or "/" not in name]
-        return sorted(posixpath.join(str(directory), name) for name in filter_names(names, pattern, extensions))
+        paths = [posixpath.join(str(directory), name) for name in filter_names(names, pattern, extensions)]
+        return sort_names(paths, sort)
 
-    def list_dir(self, path: PathLike) -> list[str]:
+    def list_dir(self, path: PathLike, sort: str = "lexicographic") -> list[str]:
         key = normalize_key(path, self.name)
         prefix = key + "/" if key else ""
-        return sorted({
+        entries = {
             name[len(prefix):].split("/")[0]
             for name in (*self._files, *self._dirs)
             if name.startswith(prefix) and name != key
-        })
+        }
+        return sort_names(entries, sort)
 
     def stat(self, path: PathLike) -> dict[str, Any]:
         if self.is_dir(path):

@@ -61,14 +61,15 @@ class _Delegating(StorageBackend):
         pattern: str | None = None,
         extensions: set[str] | None = None,
         recursive: bool = False,
+        sort: str = "lexicographic",
     ) -> list[str]:
         inner = self._path(directory)
-        listed = self._inner.list_files(inner, pattern=pattern, extensions=extensions, recursive=recursive)
+        listed = self._inner.list_files(inner, pattern=pattern, extensions=extensions, recursive=recursive, sort=sort)
         given = str(directory).rstrip("/")
         return [given + path[len(inner.rstrip("/")):] for path in listed]
 
-    def list_dir(self, path: PathLike) -> list[str]:
-        return self._inner.list_dir(self._path(path))
+    def list_dir(self, path: PathLike, sort: str = "lexicographic") -> list[str]:
+        return self._inner.list_dir(self._path(path), sort=sort)
 
     def stat(self, path: PathLike) -> dict[str, Any]:
         return self._inner.stat(self._path(path))

@@ -26,6 +26,7 @@ from polystore.paths import (
     confine,
     filter_names,
     names_a_directory,
+    sort_names,
 )
 
 __all__ = ["DiskBackend"]
@@ -460,6 +461,7 @@ class DiskBackend(StorageBackend):
         pattern: str | None = None,
         extensions: set[str] | None = None,
         recursive: bool = False,
+        sort: str = "lexicographic",
     ) -> list[str]:
         # docstring inherited
         # Symlinked files are listed; symlinked directories are not walked into.
@@ -476,11 +478,11 @@ class DiskBackend(StorageBackend):
                     except FileNotFoundError:
                         continue  # deleted while we were listing
         base = str(directory)
-        return sorted(posixpath.join(base, name) for name in filter_names(names, pattern, extensions))
+        return sort_names((posixpath.join(base, name) for name in filter_names(names, pattern, extensions)), sort)
 
-    def list_dir(self, path: PathLike) -> list[str]:
+    def list_dir(self, path: PathLike, sort: str = "lexicographic") -> list[str]:
         # docstring inherited
-        return sorted(entry.name for entry in self._scan(self._resolve(path), path))
+        return sort_names((entry.name for entry in self._scan(self._resolve(path), path)), sort)
 
     def stat(self, path: PathLike) -> dict[str, Any]:
         """Return ``type``, ``size`` in bytes (0 for a directory, as on every backend) and ``mtime``."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from polystore.backend import Locality, PathLike, StorageBackend, check_batch_lengths, check_batch_paths
 from polystore.errors import UnsupportedFormatError
-from polystore.paths import filter_names, names_a_directory, normalize_key
+from polystore.paths import filter_names, names_a_directory, normalize_key, sort_names
 
 __all__ = ["MemoryBackend"]
 
@@ -322,6 +322,7 @@ class MemoryBackend(StorageBackend):
         pattern: str | None = None,
         extensions: set[str] | None = None,
         recursive: bool = False,
+        sort: str = "lexicographic",
     ) -> list[str]:
         # docstring inherited
         key = normalize_key(directory, "memory")
@@ -333,9 +334,9 @@ class MemoryBackend(StorageBackend):
             names = [name for name in names if "/" not in name]
         names = filter_names(names, pattern, extensions)
         base = str(directory)
-        return sorted(posixpath.join(base, name) for name in names)
+        return sort_names((posixpath.join(base, name) for name in names), sort)
 
-    def list_dir(self, path: PathLike) -> list[str]:
+    def list_dir(self, path: PathLike, sort: str = "lexicographic") -> list[str]:
         # docstring inherited
         key = normalize_key(path, "memory")
         prefix = key + "/" if key else ""
@@ -346,7 +347,7 @@ class MemoryBackend(StorageBackend):
                 for name in (*self._files, *self._dirs)
                 if name.startswith(prefix) and name != key
             }
-        return sorted(entries)
+        return sort_names(entries, sort)
 
     def stat(self, path: PathLike) -> dict[str, Any]:
         # docstring inherited

@@ -17,7 +17,7 @@ from polystore.backend import PathLike, StorageBackend, check_batch_lengths, che
 from polystore.backends.formats import FORMATS, NpyAssembler, decode, encode
 from polystore.backends.s3_client import NoSuchBucketError, S3Client, import_obstore, missing, taken, without_userinfo
 from polystore.errors import InvalidPathError
-from polystore.paths import filter_names, normalize_key
+from polystore.paths import filter_names, normalize_key, sort_names
 from polystore.redaction import Secret
 
 if TYPE_CHECKING:
@@ -463,6 +463,7 @@ class S3Backend(StorageBackend):
         pattern: str | None = None,
         extensions: set[str] | None = None,
         recursive: bool = False,
+        sort: str = "lexicographic",
     ) -> list[str]:
         # docstring inherited
         key = normalize_key(directory, "s3")
@@ -479,12 +480,12 @@ class S3Backend(StorageBackend):
         else:
             names = self._entries(key, directory, directories=False)[0]
         base = str(directory)
-        return sorted(posixpath.join(base, name) for name in filter_names(names, pattern, extensions))
+        return sort_names((posixpath.join(base, name) for name in filter_names(names, pattern, extensions)), sort)
 
-    def list_dir(self, path: PathLike) -> list[str]:
+    def list_dir(self, path: PathLike, sort: str = "lexicographic") -> list[str]:
         # docstring inherited
         files, directories = self._entries(normalize_key(path, "s3"), path, directories=True)
-        return sorted(files + directories)
+        return sort_names(files + directories, sort)
 
     def stat(self, path: PathLike) -> dict[str, Any]:
         """Return ``type``, ``size`` in bytes (0 for a directory, as on every backend) and, for a file, ``mtime``."""

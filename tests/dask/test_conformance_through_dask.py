@@ -77,11 +77,14 @@ class ThroughDask(StorageBackend):
         pattern: str | None = None,
         extensions: set[str] | None = None,
         recursive: bool = False,
+        sort: str = "lexicographic",
     ) -> list[str]:
-        return self.dfm.list_files(directory, self.backend, pattern=pattern, extensions=extensions, recursive=recursive)
+        return self.dfm.list_files(
+            directory, self.backend, pattern=pattern, extensions=extensions, recursive=recursive, sort=sort
+        )
 
-    def list_dir(self, path: PathLike) -> list[str]:
-        return self.dfm.list_dir(path, self.backend)
+    def list_dir(self, path: PathLike, sort: str = "lexicographic") -> list[str]:
+        return self.dfm.list_dir(path, self.backend, sort=sort)
 
     def stat(self, path: PathLike) -> dict[str, Any]:
         return self.dfm.stat(path, self.backend)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from distributed import Client, Future, get_task_stream, get_worker
+from distributed import Client, Future, get_task_stream, get_worker, wait
 
 from polystore import BackendNotFoundError
 from polystore_dask import get_registry
@@ -252,6 +252,30 @@ def test_memory_listings_are_the_union_over_workers(client, dfm, tmp_path):
     assert all(memory_paths_on(client, f"{tmp_path.name}/u").values())
 
 
+def test_memory_listings_in_natural_order_merge_the_workers_by_the_same_key(client, dfm, tmp_path):
+    first, second = worker_addresses(client)
+    directory = f"{tmp_path.name}/frames"
+    placed = {"img10": first, "img1": first, "img2": second, "img02": second}
+    data = {name: client.submit(make_array, 1.0, workers=[worker], pure=False) for name, worker in placed.items()}
+    wait(list(data.values()))  # finished, so each save runs on the worker that holds its data
+    for name, future in data.items():
+        dfm.save(future, f"{directory}/{name}", "memory")
+    names = ["img1", "img02", "img2", "img10"]
+    assert dfm.list_files(directory, "memory", sort="natural") == [f"{directory}/{name}" for name in names]
+    assert dfm.list_dir(directory, "memory", sort="natural") == names
+    assert dfm.list_dir(directory, "memory") == ["img02", "img1", "img10", "img2"]
+    assert memory_paths_on(client, directory) == {
+        first: [f"{directory}/img1", f"{directory}/img10"], second: [f"{directory}/img02", f"{directory}/img2"]
+    }
+
+
+def test_an_unknown_sort_is_refused_on_the_client(dfm, tmp_path):
+    with pytest.raises(ValueError, match="'lexicographic'.*'natural'.*not 'numeric'"):
+        dfm.list_files(str(tmp_path), "disk", sort="numeric")
+    with pytest.raises(ValueError, match="not 'numeric'"):
+        dfm.list_dir(f"{tmp_path.name}/nowhere", "memory", sort="numeric")
+
+
 def test_memory_copy_and_move_keep_the_data_on_its_worker(client, dfm, tmp_path):
     source = f"{tmp_path.name}/src"
     dfm.save(np.ones(2), source, "memory").result()
@@ -265,8 +289,11 @@ def test_memory_copy_and_move_keep_the_data_on_its_worker(client, dfm, tmp_path)
 def test_memory_copy_onto_a_path_kept_elsewhere_moves_the_data_there(client, dfm, tmp_path):
     first, second = worker_addresses(client)
     source, target = f"{tmp_path.name}/on-first", f"{tmp_path.name}/on-second"
-    dfm.save(client.submit(make_array, 1.0, workers=[first], pure=False), source, "memory")
-    dfm.save(client.submit(make_array, 2.0, workers=[second], pure=False), target, "memory").result()
+    on_first = client.submit(make_array, 1.0, workers=[first], pure=False)
+    on_second = client.submit(make_array, 2.0, workers=[second], pure=False)
+    wait([on_first, on_second])  # finished, so each save runs where its data is (not on the next worker in turn)
+    dfm.save(on_first, source, "memory")
+    dfm.save(on_second, target, "memory").result()
     with pytest.raises(FileExistsError):
         dfm.copy(source, target, "memory").result()
     dfm.move(source, target, "memory", overwrite=True).result()

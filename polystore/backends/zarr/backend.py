@@ -40,7 +40,7 @@ from polystore.backends.zarr.regions import (
 )
 from polystore.backends.zarr.swap import directory_identity, discard, tree_size
 from polystore.backends.zarr.tree import ARRAY, DIRECTORY, OTHER, ArrayTree
-from polystore.paths import PathSpelling, check_name_lengths, filter_names
+from polystore.paths import PathSpelling, check_name_lengths, filter_names, sort_names
 
 if TYPE_CHECKING:
     import zarr
@@ -578,19 +578,20 @@ class ZarrBackend(StorageBackend):
         pattern: str | None = None,
         extensions: set[str] | None = None,
         recursive: bool = False,
+        sort: str = "lexicographic",
     ) -> list[str]:
         # docstring inherited
         target = self._tree.resolve(directory)
         self._tree.require_directory(target, directory)
         names = self._tree.array_names(target, recursive)
         base = str(directory)
-        return sorted(posixpath.join(base, name) for name in filter_names(names, pattern, extensions))
+        return sort_names((posixpath.join(base, name) for name in filter_names(names, pattern, extensions)), sort)
 
-    def list_dir(self, path: PathLike) -> list[str]:
+    def list_dir(self, path: PathLike, sort: str = "lexicographic") -> list[str]:
         # docstring inherited
         target = self._tree.resolve(path)
         self._tree.require_directory(target, path)
-        return sorted(entry.name for entry in self._tree.entries(target))
+        return sort_names((entry.name for entry in self._tree.entries(target)), sort)
 
     def stat(self, path: PathLike) -> dict[str, Any]:
         """Return ``type``, ``size`` and ``mtime``; for an array also its layout.
