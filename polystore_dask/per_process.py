@@ -26,7 +26,6 @@ from polystore_dask.tasks import (
     collect,
     delete_after,
     delete_here,
-    join_batches,
     save_loaded,
     settle,
     settle_deletes,
@@ -212,19 +211,7 @@ class ProcessPlacement(Placement):
             self.tasks.settle_before(reads=unknown)
             self.owners.locate([key[1] for key in unknown])
         owners: list[Owner | None] = [self.owners.get(key[1]) for key in keys]
-        groups = group_items(owners, items_per_task(len(keys), len(workers)), [0] * len(keys))
-        token = uuid.uuid4().hex
-        parts, positions = [], []
-        for part, (owner, where) in enumerate(groups):
-            parts.append(
-                self.tasks.start(
-                    f"polystore-load_batch-run-{token}-{part}", call, self.name, "load_batch",
-                    ([paths[index] for index in where],), options,
-                    path_args=(0,), owner=owner, reads=[keys[index] for index in where], pin=workers.pin(owner),
-                )
-            )
-            positions.append(where)
-        return self.tasks.submit(f"polystore-load_batch-{token}", join_batches, parts, positions, len(keys))
+        return self.submit_loads(owners, paths, keys, options, workers)
 
     def query(self, method: str, path: PathLike, options: dict[str, Any]) -> Any:
         key = self.key(path)

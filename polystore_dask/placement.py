@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from distributed import Future
 
 from polystore.backend import PathLike, check_batch_paths
+from polystore_dask.batching import group_items, items_per_task
 from polystore_dask.ordering import OrderedTasks
-from polystore_dask.tasks import call, check_items, hold, settle
+from polystore_dask.tasks import call, check_items, hold, join_batches, settle
 from polystore_dask.traits import BackendTraits, PathKey
-from polystore_dask.workers import Owner
+from polystore_dask.workers import Owner, Workers
 
 if TYPE_CHECKING:
     import dask.array
@@ -113,6 +114,29 @@ class Placement(ABC):
             for index, (part, data) in enumerate(zip(parts, held, strict=True))
         ]
         return self.tasks.keep(self.tasks.submit(f"polystore-save_batch-{token}", settle, saves), saves, checks, held)
+
+    def submit_loads(
+        self,
+        owners: Sequence[Owner | None],
+        paths: Sequence[PathLike],
+        keys: Sequence[PathKey],
+        options: dict[str, Any],
+        workers: Workers,
+    ) -> Future:
+        """Load a batch in a few tasks, grouped by ``owners`` (the worker that must read each path, or None)."""
+        groups = group_items(list(owners), items_per_task(len(keys), len(workers)), [0] * len(keys))
+        token = uuid.uuid4().hex
+        parts, positions = [], []
+        for part, (owner, where) in enumerate(groups):
+            parts.append(
+                self.tasks.start(
+                    f"polystore-load_batch-run-{token}-{part}", call, self.name, "load_batch",
+                    ([paths[index] for index in where],), options, path_args=(0,), origin=self.origin(),
+                    owner=owner, reads=[keys[index] for index in where], pin=workers.pin(owner),
+                )
+            )
+            positions.append(where)
+        return self.tasks.submit(f"polystore-load_batch-{token}", join_batches, parts, positions, len(keys))
 
     # -- writing ---------------------------------------------------------
     @abstractmethod

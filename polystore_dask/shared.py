@@ -12,7 +12,7 @@ from polystore.backend import PathLike
 from polystore_dask import array_graphs
 from polystore_dask.batching import group_items, holders, holders_of, items_per_task, nbytes, ship
 from polystore_dask.placement import ArrayOptions, BatchPart, Placement
-from polystore_dask.tasks import call, join_batches
+from polystore_dask.tasks import call
 from polystore_dask.workers import Workers
 
 if TYPE_CHECKING:
@@ -78,20 +78,7 @@ class SharedPlacement(Placement):
 
     def load_batch(self, paths: Sequence[PathLike], options: dict[str, Any]) -> Future:
         keys = [self.key(path) for path in paths]
-        workers = Workers(self.client)
-        groups = group_items([None] * len(keys), items_per_task(len(keys), len(workers)), [0] * len(keys))
-        token = uuid.uuid4().hex
-        parts, positions = [], []
-        for part, (_, where) in enumerate(groups):
-            parts.append(
-                self.tasks.start(
-                    f"polystore-load_batch-run-{token}-{part}", call, self.name, "load_batch",
-                    ([paths[index] for index in where],), options,
-                    path_args=(0,), origin=self.origin(), reads=[keys[index] for index in where],
-                )
-            )
-            positions.append(where)
-        return self.tasks.submit(f"polystore-load_batch-{token}", join_batches, parts, positions, len(keys))
+        return self.submit_loads([None] * len(keys), paths, keys, options, Workers(self.client))
 
     def query(self, method: str, path: PathLike, options: dict[str, Any]) -> Any:
         outcome = self.tasks.submit(
