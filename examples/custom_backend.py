@@ -195,8 +195,15 @@ class GzipNpyBackend(StorageBackend):
         else:
             raise self._error(FileNotFoundError, errno.ENOENT, "nothing is stored at this path", path)
 
-    def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
+    def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False, recursive: bool = False) -> None:
         # docstring inherited
+        if self._resolve(src).is_dir():
+            if not recursive:
+                raise self._error(
+                    IsADirectoryError, errno.EISDIR, "this path is a directory; pass recursive=True to copy it", src
+                )
+            self.copy_tree(src, dst, overwrite=overwrite)  # the base class's, built on the methods above
+            return
         self._write(self._read(src), self._destination(dst), dst, overwrite=overwrite)
 
     def move(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:

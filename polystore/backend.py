@@ -182,14 +182,91 @@ class StorageBackend(ABC, metaclass=AutoRegisterMeta):
         ...
 
     @abstractmethod
-    def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
-        """Copy the file ``src`` to ``dst``, with the same overwrite rule as :meth:`save`."""
+    def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False, recursive: bool = False) -> None:
+        """Copy the file ``src`` to ``dst``, with the same overwrite rule as :meth:`save`.
+
+        With ``recursive`` and a directory ``src``, copy the whole tree
+        (files and empty subdirectories) to ``dst``, as :meth:`copy_tree`
+        does: if ``dst`` exists, ``FileExistsError`` unless ``overwrite``,
+        raised before anything is copied; with ``overwrite``, files at the
+        same relative paths are replaced and everything else already at
+        ``dst`` is kept. A file at ``dst`` is refused with
+        ``NotADirectoryError``, with or without ``overwrite``.
+
+        Raises
+        ------
+        IsADirectoryError
+            ``src`` is a directory and ``recursive`` is false.
+        ValueError
+            ``recursive`` and ``dst`` is ``src`` or inside it (a copy into its own subtree).
+        """
         ...
 
     @abstractmethod
     def move(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
         """Move the file ``src`` to ``dst``, with the same overwrite rule as :meth:`save`."""
         ...
+
+    def copy_tree(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
+        """Copy the directory ``src`` and everything in it to ``dst``: ``copy(src, dst, recursive=True)``.
+
+        Built on :meth:`list_dir`, :meth:`is_dir`, :meth:`ensure_directory`
+        and :meth:`copy` of single files, so every backend has it; a backend
+        may override it for speed. What may refuse the copy (see
+        :meth:`check_copy_tree`) is checked before anything is copied.
+        """
+        self.check_copy_tree(src, dst, overwrite=overwrite)
+        directories, files = self._tree_below(src)
+        source, target = os.fspath(src), os.fspath(dst)
+        self.ensure_directory(dst)
+        for relative in directories:
+            self.ensure_directory(posixpath.join(target, relative))
+        for relative in files:
+            self.copy(posixpath.join(source, relative), posixpath.join(target, relative), overwrite=overwrite)
+
+    def check_copy_tree(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
+        """Raise what :meth:`copy_tree` would refuse with, copying nothing.
+
+        ``ValueError`` for a copy into its own subtree, ``NotADirectoryError``
+        if ``dst`` is a file, ``FileExistsError`` if ``dst`` exists and
+        ``overwrite`` is false.
+        """
+        source, target = self.canonical_path(src), self.canonical_path(dst)
+        if target == source or target.startswith(source.rstrip("/") + "/"):
+            raise ValueError(
+                f"{self.name} backend: cannot copy the directory {os.fspath(src)!r} into its own subtree "
+                f"({os.fspath(dst)!r}); choose a destination outside it"
+            )
+        if self.is_file(dst):
+            raise NotADirectoryError(
+                errno.ENOTDIR,
+                f"{self.name} backend: a file exists at the destination of a directory copy; "
+                "delete it or choose another destination",
+                os.fspath(dst),
+            )
+        if not overwrite and self.exists(dst):
+            raise FileExistsError(
+                errno.EEXIST,
+                f"{self.name} backend: destination exists; pass overwrite=True to copy into it",
+                os.fspath(dst),
+            )
+
+    def _tree_below(self, directory: PathLike) -> tuple[list[str], list[str]]:
+        """The subdirectories and files under ``directory``, as paths relative to it."""
+        base = os.fspath(directory)
+        directories: list[str] = []
+        files: list[str] = []
+        pending = [""]
+        while pending:
+            relative = pending.pop()
+            for name in self.list_dir(posixpath.join(base, relative) if relative else directory):
+                child = posixpath.join(relative, name) if relative else name
+                if self.is_dir(posixpath.join(base, child)):
+                    directories.append(child)
+                    pending.append(child)
+                else:
+                    files.append(child)
+        return sorted(directories), sorted(files)
 
     # -- reading ---------------------------------------------------------
     @abstractmethod
@@ -309,7 +386,7 @@ class ReadOnlyBackend(StorageBackend):
     def delete(self, path: PathLike, *, recursive: bool = False) -> None:
         raise self._refuse("delete", path)
 
-    def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
+    def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False, recursive: bool = False) -> None:
         raise self._refuse("copy to", dst)
 
     def move(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:

@@ -138,9 +138,11 @@ class FileManager:
         """Delete a file or directory; see :meth:`StorageBackend.delete`."""
         self.get_backend(backend).delete(path, recursive=recursive)
 
-    def copy(self, src: PathLike, dst: PathLike, backend: str, *, overwrite: bool = False) -> None:
-        """Copy ``src`` to ``dst`` within ``backend``."""
-        self.get_backend(backend).copy(src, dst, overwrite=overwrite)
+    def copy(
+        self, src: PathLike, dst: PathLike, backend: str, *, overwrite: bool = False, recursive: bool = False
+    ) -> None:
+        """Copy ``src`` to ``dst`` within ``backend`` (a tree with ``recursive``); see :meth:`StorageBackend.copy`."""
+        self.get_backend(backend).copy(src, dst, overwrite=overwrite, recursive=recursive)
 
     def move(self, src: PathLike, dst: PathLike, backend: str, *, overwrite: bool = False) -> None:
         """Move ``src`` to ``dst`` within ``backend``."""

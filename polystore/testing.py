@@ -601,6 +601,86 @@ class BackendTests:
             backend.move(self.path("absent"), self.path("target"))
         assert not backend.exists(self.path("target"))
 
+    # -- directory copy --------------------------------------------------------------
+    def _populate_tree(self, backend: StorageBackend, root: str) -> dict[str, Any]:
+        """A tree with nested files and an empty subdirectory; returns the files' data by relative path."""
+        files = {
+            self.path("top"): SAMPLES[self.kind_any],
+            self.path("sub/middle"): OTHER_SAMPLES[self.kind_any],
+            self.path("sub/deeper/bottom"): SAMPLES[self.kind_any],
+        }
+        for relative, data in files.items():
+            backend.save(data, posixpath.join(root, relative))
+        backend.ensure_directory(posixpath.join(root, "sub/empty"))
+        return files
+
+    def _relative_tree(self, backend: StorageBackend, root: str) -> tuple[list[str], list[str]]:
+        """The files and the directories under ``root``, relative to it."""
+        files = [path[len(root) + 1:] for path in backend.list_files(root, recursive=True)]
+        directories, pending = [], [""]
+        while pending:
+            relative = pending.pop()
+            for name in backend.list_dir(posixpath.join(root, relative)):
+                child = posixpath.join(relative, name) if relative else name
+                if backend.is_dir(posixpath.join(root, child)):
+                    directories.append(child)
+                    pending.append(child)
+        return sorted(files), sorted(directories)
+
+    def test_copy_recursive_copies_a_tree_whole_and_equal(self, backend: StorageBackend) -> None:
+        files = self._populate_tree(backend, "tree_src")
+        backend.copy("tree_src", "tree_dst", recursive=True)
+        assert self._relative_tree(backend, "tree_dst") == self._relative_tree(backend, "tree_src")
+        assert self._relative_tree(backend, "tree_dst")[0] == sorted(files)
+        assert backend.is_dir("tree_dst/sub/empty") and backend.list_dir("tree_dst/sub/empty") == []
+        for relative, data in files.items():
+            assert_same_data(backend.load(posixpath.join("tree_dst", relative)), data)
+
+    def test_copy_recursive_leaves_the_source_unchanged_and_independent(self, backend: StorageBackend) -> None:
+        files = self._populate_tree(backend, "indep_src")
+        before = self._relative_tree(backend, "indep_src")
+        backend.copy("indep_src", "indep_dst", recursive=True)
+        top = self.path("top")
+        backend.save(OTHER_SAMPLES[self.kind_any], posixpath.join("indep_dst", top), overwrite=True)
+        backend.delete("indep_dst/sub", recursive=True)
+        assert self._relative_tree(backend, "indep_src") == before
+        for relative, data in files.items():
+            assert_same_data(backend.load(posixpath.join("indep_src", relative)), data)
+
+    def test_copy_recursive_onto_existing_without_overwrite_raises_and_changes_nothing(
+        self, backend: StorageBackend
+    ) -> None:
+        self._populate_tree(backend, "busy_src")
+        kept = self.path("kept")
+        backend.save(OTHER_SAMPLES[self.kind_any], posixpath.join("busy_dst", kept))
+        with pytest.raises(FileExistsError):
+            backend.copy("busy_src", "busy_dst", recursive=True)
+        assert self._relative_tree(backend, "busy_dst") == ([kept], [])
+        assert_same_data(backend.load(posixpath.join("busy_dst", kept)), OTHER_SAMPLES[self.kind_any])
+
+    def test_copy_recursive_with_overwrite_replaces_same_paths_and_keeps_others(self, backend: StorageBackend) -> None:
+        files = self._populate_tree(backend, "over_src")
+        top, kept = self.path("top"), self.path("kept")
+        backend.save(OTHER_SAMPLES[self.kind_any], posixpath.join("over_dst", top))
+        backend.save(OTHER_SAMPLES[self.kind_any], posixpath.join("over_dst", kept))
+        backend.copy("over_src", "over_dst", overwrite=True, recursive=True)
+        for relative, data in files.items():
+            assert_same_data(backend.load(posixpath.join("over_dst", relative)), data)
+        assert_same_data(backend.load(posixpath.join("over_dst", kept)), OTHER_SAMPLES[self.kind_any])
+
+    def test_copy_recursive_into_its_own_subtree_is_refused(self, backend: StorageBackend) -> None:
+        self._populate_tree(backend, "self_src")
+        before = self._relative_tree(backend, "self_src")
+        with pytest.raises(ValueError, match="subtree"):
+            backend.copy("self_src", "self_src/sub/inside", recursive=True)
+        assert self._relative_tree(backend, "self_src") == before
+
+    def test_copy_of_a_directory_without_recursive_raises_is_a_directory(self, backend: StorageBackend) -> None:
+        self._populate_tree(backend, "plain_src")
+        with pytest.raises(IsADirectoryError, match="recursive=True"):
+            backend.copy("plain_src", "plain_dst")
+        assert not backend.exists("plain_dst")
+
     # -- concurrency ---------------------------------------------------------------
     def test_racing_exclusive_saves_have_exactly_one_winner(self, backend: StorageBackend) -> None:
         path = self.path("race/target")

@@ -134,13 +134,19 @@ class DaskFileManager:
         """
         return self._placement(backend).delete(path, recursive)
 
-    def copy(self, src: PathLike, dst: PathLike, backend: str, *, overwrite: bool = False) -> Future:
-        """Copy ``src`` to ``dst`` within ``backend``; per process, the copy stays with the source's worker."""
-        return self._placement(backend).transfer("copy", src, dst, overwrite)
+    def copy(
+        self, src: PathLike, dst: PathLike, backend: str, *, overwrite: bool = False, recursive: bool = False
+    ) -> Future:
+        """Copy ``src`` to ``dst`` within ``backend`` (a tree with ``recursive``); see :meth:`FileManager.copy`.
+
+        Per process, the copy stays with the source's worker; a directory is
+        copied on every worker keeping paths inside it, each its own part.
+        """
+        return self._placement(backend).transfer("copy", src, dst, overwrite, recursive)
 
     def move(self, src: PathLike, dst: PathLike, backend: str, *, overwrite: bool = False) -> Future:
         """Move ``src`` to ``dst`` within ``backend``; per process, the data stays with the source's worker."""
-        return self._placement(backend).transfer("move", src, dst, overwrite)
+        return self._placement(backend).transfer("move", src, dst, overwrite, False)
 
     # -- reading ---------------------------------------------------------
     def load(self, path: PathLike, backend: str, **kwargs: Any) -> Future:

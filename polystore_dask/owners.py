@@ -76,6 +76,18 @@ class ProcessOwners:
             if not counts:
                 del self._inside[ancestor]
 
+    def copy_inside(self, source: str, target: str) -> None:
+        """After a directory copy: each known path under ``target`` gets the owner of its path under ``source``."""
+        prefix = source + "/" if source else ""
+        with self._lock:
+            copied = [
+                (posixpath.join(target, key[len(prefix):]), owner)
+                for key, owner in self._owners.items()
+                if key.startswith(prefix)
+            ]
+            for key, owner in copied:
+                self._record(key, owner)
+
     def keepers_inside(self, key: str) -> list[Owner]:
         """The workers keeping paths inside ``key`` (for which ``key`` is a directory)."""
         with self._lock:

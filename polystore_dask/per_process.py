@@ -9,6 +9,7 @@ the lost worker. Directories, listings and queries span every worker.
 
 from __future__ import annotations
 
+import errno
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -22,12 +23,15 @@ from polystore_dask.ordering import OrderedTasks
 from polystore_dask.owners import ProcessOwners
 from polystore_dask.placement import ArrayOptions, BatchPart, Placement
 from polystore_dask.tasks import (
+    Outcome,
     call,
     collect,
+    copy_tree_here,
     delete_after,
     delete_here,
     save_loaded,
     settle,
+    settle_copies,
     settle_deletes,
     unwrap,
 )
@@ -132,8 +136,10 @@ class ProcessPlacement(Placement):
         self.tasks.record(barrier, writes=[key])
         return self.tasks.submit(f"polystore-{operation}-{token}", then, barrier, *args)
 
-    def transfer(self, operation: str, src: PathLike, dst: PathLike, overwrite: bool) -> Future:
+    def transfer(self, operation: str, src: PathLike, dst: PathLike, overwrite: bool, recursive: bool) -> Future:
         source, target = self.key(src), self.key(dst)
+        if recursive and operation == "copy" and self._is_directory(source):
+            return self._copy_tree(src, dst, overwrite)
         moving = operation == "move"
         options = {"overwrite": overwrite}
         workers = Workers(self.client)
@@ -158,6 +164,69 @@ class ProcessPlacement(Placement):
 
             future.add_done_callback(forget)
         return future
+
+    def _is_directory(self, key: PathKey) -> bool:
+        """Whether ``key`` is a directory: known from the owners, else asked of every worker."""
+        if self.owners.keepers_inside(key[1]):
+            return True
+        if self.owners.get(key[1]) is not None:
+            return False
+        self.tasks.settle_before(reads=[key])
+        kinds = self.owners.kinds(key[1])
+        return "dir" in kinds and "file" not in kinds
+
+    def _copy_tree(self, src: PathLike, dst: PathLike, overwrite: bool) -> Future:
+        """Copy the directory ``src`` on every worker, each its own part: copied paths stay with their sources.
+
+        What refuses the copy is checked against every worker first, so a
+        refused copy copies nothing anywhere.
+        """
+        source, target = self.key(src), self.key(dst)
+        token = uuid.uuid4().hex
+        self.tasks.settle_before(writes=[target], reads=[source])
+        refusal = self._refuse_copy_tree(src, dst, overwrite)
+        if refusal is not None:
+            return self.tasks.submit(f"polystore-copy-{token}", unwrap, Outcome(error=refusal))
+        after = self.tasks.after(writes=[target], reads=[source])
+        parts = [
+            self.tasks.submit(
+                f"polystore-copy-run-{token}-{index}", copy_tree_here, self.name, str(src), str(dst), overwrite,
+                each.worker_id, after=after, pin=[each.address],
+            )
+            for index, each in enumerate(Workers(self.client).owners())
+        ]
+        barrier = self.tasks.submit(f"polystore-copy-run-{token}", collect, parts)
+        self.tasks.record(barrier, writes=[target], reads=[source])
+        future = self.tasks.submit(f"polystore-copy-{token}", settle_copies, barrier, self.name, str(src))
+
+        def record(done: Future) -> None:
+            if done.status == "finished":
+                self.owners.copy_inside(source[1], target[1])
+
+        future.add_done_callback(record)
+        return future
+
+    def _refuse_copy_tree(self, src: PathLike, dst: PathLike, overwrite: bool) -> Exception | None:
+        """The error a directory copy of ``src`` to ``dst`` is refused with, if any, as any worker would see it."""
+        source, target = self.key(src)[1], self.key(dst)[1]
+        if target == source or target.startswith(source + "/" if source else ""):
+            return ValueError(
+                f"{self.name} backend: cannot copy the directory {str(src)!r} into its own subtree "
+                f"({str(dst)!r}); choose a destination outside it"
+            )
+        kinds = self.owners.kinds(target)
+        if "file" in kinds:
+            return NotADirectoryError(
+                errno.ENOTDIR,
+                f"{self.name} backend: a file exists at the destination of a directory copy; "
+                "delete it or choose another destination",
+                str(dst),
+            )
+        if not overwrite and any(kind is not None for kind in kinds):
+            return FileExistsError(
+                errno.EEXIST, f"{self.name} backend: destination exists; pass overwrite=True to copy into it", str(dst)
+            )
+        return None
 
     def _between_workers(
         self,

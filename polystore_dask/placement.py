@@ -152,8 +152,8 @@ class Placement(ABC):
     def delete(self, path: PathLike, recursive: bool) -> Future: ...
 
     @abstractmethod
-    def transfer(self, operation: str, src: PathLike, dst: PathLike, overwrite: bool) -> Future:
-        """``copy`` or ``move`` (``operation``) of ``src`` to ``dst``."""
+    def transfer(self, operation: str, src: PathLike, dst: PathLike, overwrite: bool, recursive: bool) -> Future:
+        """``copy`` or ``move`` (``operation``) of ``src`` to ``dst``; ``recursive`` copies a directory tree."""
 
     # -- reading ---------------------------------------------------------
     @abstractmethod

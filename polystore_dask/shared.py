@@ -61,11 +61,12 @@ class SharedPlacement(Placement):
             path_args=(0,), origin=self.origin(), writes=[self.key(path)],
         )
 
-    def transfer(self, operation: str, src: PathLike, dst: PathLike, overwrite: bool) -> Future:
+    def transfer(self, operation: str, src: PathLike, dst: PathLike, overwrite: bool, recursive: bool) -> Future:
         source, target = self.key(src), self.key(dst)
         moving = operation == "move"
+        options = {"overwrite": overwrite, **({"recursive": True} if recursive else {})}
         return self.tasks.run(
-            operation, call, self.name, operation, (src, dst), {"overwrite": overwrite},
+            operation, call, self.name, operation, (src, dst), options,
             path_args=(0, 1), origin=self.origin(), writes=[source, target] if moving else [target],
             reads=[] if moving else [source],
         )

@@ -31,6 +31,7 @@ __all__ = [
     "check_items",
     "check_owner",
     "collect",
+    "copy_tree_here",
     "delete_after",
     "delete_here",
     "hold",
@@ -43,6 +44,7 @@ __all__ = [
     "same_data",
     "save_loaded",
     "settle",
+    "settle_copies",
     "settle_deletes",
     "unwrap",
 ]
@@ -323,6 +325,33 @@ def settle_deletes(outcomes: Sequence[Outcome], backend: str, path: str) -> None
     results = [outcome.result() for outcome in outcomes]
     if "deleted" not in results:
         raise FileNotFoundError(errno.ENOENT, f"{backend} backend: no worker keeps anything at this path", path)
+
+
+def copy_tree_here(
+    backend: str, src: str, dst: str, overwrite: bool, worker_id: str, after: Sequence[Any] = ()
+) -> Outcome:
+    """Copy this worker's part of the directory ``src`` to ``dst``: ``"copied"``, ``"missing"`` or ``"gone"``.
+
+    ``"missing"``: this worker keeps no directory at ``src``; ``"gone"`` as for :func:`delete_here`.
+    """
+    try:
+        worker = get_worker()
+        if worker.id != worker_id:
+            return Outcome("gone")
+        target = registry_of(worker)[backend]
+        if not target.is_dir(src):
+            return Outcome("missing")
+        target.copy(src, dst, overwrite=overwrite, recursive=True)
+        return Outcome("copied")
+    except Exception as error:
+        return Outcome(error=portable(error))
+
+
+def settle_copies(outcomes: Sequence[Outcome], backend: str, path: str) -> None:
+    """Raise the first error of a directory copy run on every worker, or ``FileNotFoundError`` if none had ``path``."""
+    results = [outcome.result() for outcome in outcomes]
+    if "copied" not in results:
+        raise FileNotFoundError(errno.ENOENT, f"{backend} backend: no worker keeps a directory at this path", path)
 
 
 def probe_kinds(backend: str, keys: Sequence[str], *, dask_worker: Worker) -> tuple[str, dict[str, str | None]]:

@@ -37,8 +37,8 @@ class CountingBackend(StorageBackend):
     def delete(self, path: PathLike, *, recursive: bool = False) -> None:
         self._call("delete", path, recursive=recursive)
 
-    def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
-        self._call("copy", src, dst, overwrite=overwrite)
+    def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False, recursive: bool = False) -> None:
+        self._call("copy", src, dst, overwrite=overwrite, recursive=recursive)
 
     def move(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
         self._call("move", src, dst, overwrite=overwrite)

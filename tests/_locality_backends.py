@@ -37,8 +37,8 @@ class _Delegating(StorageBackend):
     def delete(self, path: PathLike, *, recursive: bool = False) -> None:
         self._inner.delete(self._path(path), recursive=recursive)
 
-    def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
-        self._inner.copy(self._path(src), self._path(dst), overwrite=overwrite)
+    def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False, recursive: bool = False) -> None:
+        self._inner.copy(self._path(src), self._path(dst), overwrite=overwrite, recursive=recursive)
 
     def move(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
         self._inner.move(self._path(src), self._path(dst), overwrite=overwrite)

@@ -357,9 +357,19 @@ class DiskBackend(StorageBackend):
                 hint = "it holds only temporary files of unfinished writes; call cleanup() or pass recursive=True"
             raise OSError(errno.ENOTEMPTY, f"disk backend: directory is not empty; {hint}", str(path)) from None
 
-    def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
+    def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False, recursive: bool = False) -> None:
         # docstring inherited
         source, target = self._resolve(src), self._resolve(dst)
+        if os.path.isdir(source):
+            if not recursive:
+                raise IsADirectoryError(
+                    errno.EISDIR,
+                    "disk backend: this path is a directory; pass recursive=True to copy a directory tree",
+                    str(src),
+                )
+            # Each file goes through the atomic copy below, inside the root.
+            self.copy_tree(src, dst, overwrite=overwrite)
+            return
         with self._open_for_reading(source, src) as stream:
             self._check_new_name(target, dst)
             self._write(lambda out: shutil.copyfileobj(stream, out, 1 << 24), target, dst, overwrite)

@@ -228,8 +228,11 @@ class MemoryBackend(StorageBackend):
             self._dirs.difference_update(dirs)
             self._dirs.discard(key)
 
-    def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
+    def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False, recursive: bool = False) -> None:
         # docstring inherited
+        if recursive and self.is_dir(src):
+            self.copy_tree(src, dst, overwrite=overwrite)
+            return
         self._transfer(src, dst, overwrite=overwrite, keep_source=True)
 
     def move(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
@@ -241,9 +244,8 @@ class MemoryBackend(StorageBackend):
         with self._lock:
             if source not in self._files:
                 if source in self._dirs:
-                    raise IsADirectoryError(
-                        errno.EISDIR, "memory backend: copy and move take files, not directories", str(src)
-                    )
+                    hint = "pass recursive=True to copy a directory tree" if keep_source else "move takes files"
+                    raise IsADirectoryError(errno.EISDIR, f"memory backend: this path is a directory; {hint}", str(src))
                 raise self._missing(src)
             self._check_name_and_options(dst, {})  # after the source: a missing one is reported first
             if target in self._dirs:

@@ -340,8 +340,20 @@ class S3Backend(StorageBackend):
             self._client.request("delete", path, obstore.delete, below[0])
         self._keep_parent(key, path)
 
-    def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
+    def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False, recursive: bool = False) -> None:
         # docstring inherited
+        if recursive and self.is_dir(src):
+            self.copy_tree(src, dst, overwrite=overwrite)
+            return
+        try:
+            self._copy_object(src, dst, overwrite)
+        except IsADirectoryError:
+            raise IsADirectoryError(
+                errno.EISDIR, "s3 backend: this path is a directory; pass recursive=True to copy a directory tree",
+                str(src),
+            ) from None
+
+    def _copy_object(self, src: PathLike, dst: PathLike, overwrite: bool) -> None:
         source, target = self._key(src), self._file_key(dst)
         if source == target:
             if self._head(source, src) is None:
@@ -365,7 +377,7 @@ class S3Backend(StorageBackend):
     def move(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
         # docstring inherited
         source, target = self._key(src), self._file_key(dst)
-        self.copy(src, dst, overwrite=overwrite)
+        self._copy_object(src, dst, overwrite)
         if source != target:
             self._client.request("delete", src, import_obstore().delete, source)
             self._keep_parent(source, src)

@@ -49,8 +49,8 @@ class ThroughDask(StorageBackend):
     def delete(self, path: PathLike, *, recursive: bool = False) -> None:
         self.dfm.delete(path, self.backend, recursive=recursive).result(timeout=PATIENCE)
 
-    def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
-        self.dfm.copy(src, dst, self.backend, overwrite=overwrite).result(timeout=PATIENCE)
+    def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False, recursive: bool = False) -> None:
+        self.dfm.copy(src, dst, self.backend, overwrite=overwrite, recursive=recursive).result(timeout=PATIENCE)
 
     def move(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
         self.dfm.move(src, dst, self.backend, overwrite=overwrite).result(timeout=PATIENCE)

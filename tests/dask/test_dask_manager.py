@@ -406,3 +406,24 @@ def test_memory_recursive_delete_reaches_every_worker(client, dfm, tmp_path):
     dfm.delete(directory, "memory", recursive=True).result()
     assert dfm.exists(directory, "memory") is False
     assert memory_paths_on(client, tmp_path.name) == {first: [], second: []}
+
+
+def test_memory_directory_copy_keeps_each_copied_path_on_the_worker_that_kept_its_source(client, dfm, tmp_path):
+    first, second = worker_addresses(client)
+    source, target = f"{tmp_path.name}/run", f"{tmp_path.name}/run-copy"
+    data = {
+        "a": client.submit(make_array, 1.0, workers=[first], pure=False),
+        "sub/b": client.submit(make_array, 2.0, workers=[second], pure=False),
+        "sub/c": client.submit(make_array, 3.0, workers=[first], pure=False),
+    }
+    wait(list(data.values()))  # finished, so each save runs on the worker that holds its data
+    for name, future in data.items():
+        dfm.save(future, f"{source}/{name}", "memory")
+    dfm.copy(source, target, "memory", recursive=True).result()
+    assert memory_paths_on(client, target) == {first: [f"{target}/a", f"{target}/sub/c"], second: [f"{target}/sub/b"]}
+    for name, value in (("a", 1.0), ("sub/b", 2.0), ("sub/c", 3.0)):
+        np.testing.assert_array_equal(dfm.load(f"{target}/{name}", "memory").result(), np.full(4, value))
+    with pytest.raises(FileExistsError):
+        dfm.copy(source, target, "memory", recursive=True).result()
+    with pytest.raises(ValueError, match="subtree"):
+        dfm.copy(source, f"{source}/sub/inside", "memory", recursive=True).result()

@@ -407,9 +407,19 @@ class ZarrBackend(StorageBackend):
                 return
         discard(target)
 
-    def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
+    def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False, recursive: bool = False) -> None:
         # docstring inherited
         source, target = self._tree.resolve(src), self._tree.resolve(dst)
+        if self._tree.kind(source) == DIRECTORY:
+            if not recursive:
+                raise IsADirectoryError(
+                    errno.EISDIR,
+                    "zarr backend: this path is a directory; pass recursive=True to copy a directory tree",
+                    str(src),
+                )
+            # Arrays are the files of the tree: each is copied whole and atomically, as below.
+            self.copy_tree(src, dst, overwrite=overwrite)
+            return
         self._tree.require_array(source, src, "copy")
         self._tree.check_new_name(target, dst)
         self._tree.build(
