@@ -207,6 +207,19 @@ class StorageBackend(ABC, metaclass=AutoRegisterMeta):
         """Move the file ``src`` to ``dst``, with the same overwrite rule as :meth:`save`."""
         ...
 
+    def copy_directory(self, src: PathLike, dst: PathLike, *, overwrite: bool, recursive: bool) -> None:
+        """The part of :meth:`copy` for a ``src`` that is a directory: :meth:`copy_tree` if ``recursive``.
+
+        Without ``recursive`` it raises ``IsADirectoryError`` saying to pass it.
+        """
+        if not recursive:
+            raise IsADirectoryError(
+                errno.EISDIR,
+                f"{self.name} backend: this path is a directory; pass recursive=True to copy a directory tree",
+                os.fspath(src),
+            )
+        self.copy_tree(src, dst, overwrite=overwrite)
+
     def copy_tree(self, src: PathLike, dst: PathLike, *, overwrite: bool = False) -> None:
         """Copy the directory ``src`` and everything in it to ``dst``: ``copy(src, dst, recursive=True)``.
 

@@ -22,13 +22,14 @@ not writing.)
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 try:
     import fcntl
 except ImportError:  # Windows: no flock, so nothing is ever claimed, and cleanup() removes nothing
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["claim", "try_claim"]
+__all__ = ["claim", "remove_if_unclaimed", "try_claim"]
 
 
 def claim(descriptor: int) -> bool:
@@ -61,3 +62,23 @@ def try_claim(path: str) -> int | None:
         os.close(descriptor)
         return None
     return descriptor
+
+
+def remove_if_unclaimed(path: str, deadline: float, remove: Callable[[str], None]) -> bool:
+    """``remove(path)`` if no live writer holds it and it was last changed at ``deadline`` or earlier.
+
+    The lock is held while removing, so a writer cannot claim the entry
+    meanwhile. Returns whether it was removed.
+    """
+    descriptor = try_claim(path)
+    if descriptor is None:
+        return False  # a live writer's, or gone meanwhile
+    try:
+        if os.fstat(descriptor).st_mtime > deadline:
+            return False
+        remove(path)
+        return True
+    except FileNotFoundError:
+        return False  # its writer finished or failed meanwhile
+    finally:
+        os.close(descriptor)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from polystore.backend import PathLike, StorageBackend, check_batch_lengths, check_batch_paths
-from polystore.backends.claims import claim, try_claim
+from polystore.backends.claims import claim, remove_if_unclaimed
 from polystore.backends.formats import FORMATS, Payload, encode, read_npy, read_npz, read_tiff
 from polystore.errors import InvalidPathError
 from polystore.paths import (
@@ -361,14 +361,8 @@ class DiskBackend(StorageBackend):
         # docstring inherited
         source, target = self._resolve(src), self._resolve(dst)
         if os.path.isdir(source):
-            if not recursive:
-                raise IsADirectoryError(
-                    errno.EISDIR,
-                    "disk backend: this path is a directory; pass recursive=True to copy a directory tree",
-                    str(src),
-                )
             # Each file goes through the atomic copy below, inside the root.
-            self.copy_tree(src, dst, overwrite=overwrite)
+            self.copy_directory(src, dst, overwrite=overwrite, recursive=recursive)
             return
         with self._open_for_reading(source, src) as stream:
             self._check_new_name(target, dst)
@@ -542,17 +536,8 @@ class DiskBackend(StorageBackend):
                 if not name.startswith(TEMP_PREFIX):
                     continue
                 temp = os.path.join(folder, name)
-                descriptor = try_claim(temp)
-                if descriptor is None:
-                    continue  # a live writer's, or gone meanwhile
-                try:
-                    if os.fstat(descriptor).st_mtime <= deadline:
-                        os.unlink(temp)
-                        removed.append(temp)
-                except FileNotFoundError:
-                    continue  # its writer finished or failed meanwhile
-                finally:
-                    os.close(descriptor)
+                if remove_if_unclaimed(temp, deadline, os.unlink):
+                    removed.append(temp)
         return sorted(removed)
 
 

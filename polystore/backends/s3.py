@@ -347,11 +347,10 @@ class S3Backend(StorageBackend):
             return
         try:
             self._copy_object(src, dst, overwrite)
+            return
         except IsADirectoryError:
-            raise IsADirectoryError(
-                errno.EISDIR, "s3 backend: this path is a directory; pass recursive=True to copy a directory tree",
-                str(src),
-            ) from None
+            pass  # known only once the object copy finds a directory: one request fewer for files
+        self.copy_directory(src, dst, overwrite=overwrite, recursive=False)
 
     def _copy_object(self, src: PathLike, dst: PathLike, overwrite: bool) -> None:
         source, target = self._key(src), self._file_key(dst)

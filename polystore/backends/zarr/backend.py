@@ -411,14 +411,8 @@ class ZarrBackend(StorageBackend):
         # docstring inherited
         source, target = self._tree.resolve(src), self._tree.resolve(dst)
         if self._tree.kind(source) == DIRECTORY:
-            if not recursive:
-                raise IsADirectoryError(
-                    errno.EISDIR,
-                    "zarr backend: this path is a directory; pass recursive=True to copy a directory tree",
-                    str(src),
-                )
             # Arrays are the files of the tree: each is copied whole and atomically, as below.
-            self.copy_tree(src, dst, overwrite=overwrite)
+            self.copy_directory(src, dst, overwrite=overwrite, recursive=recursive)
             return
         self._tree.require_array(source, src, "copy")
         self._tree.check_new_name(target, dst)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from polystore.backend import PathLike
-from polystore.backends.claims import try_claim
+from polystore.backends.claims import remove_if_unclaimed
 from polystore.backends.zarr.swap import (
     TEMP_PREFIX,
     claimed,
@@ -287,17 +287,8 @@ class ArrayTree:
             for name in subfolders:
                 candidate = os.path.join(folder, name)
                 if name.startswith(TEMP_PREFIX):
-                    descriptor = try_claim(candidate)
-                    if descriptor is None:
-                        continue  # a live writer's (see claims.py), or gone meanwhile
-                    try:
-                        if os.fstat(descriptor).st_mtime <= deadline:
-                            shutil.rmtree(candidate)
-                            removed.append(candidate)
-                    except FileNotFoundError:
-                        pass  # its writer finished or failed meanwhile
-                    finally:
-                        os.close(descriptor)
+                    if remove_if_unclaimed(candidate, deadline, shutil.rmtree):  # not a live writer's (claims.py)
+                        removed.append(candidate)
                 elif not is_array_dir(candidate):
                     keep.append(name)
             subfolders[:] = keep
