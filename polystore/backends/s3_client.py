@@ -72,12 +72,14 @@ class NoSuchBucketError(FileNotFoundError):
     """The bucket itself is missing (not only the object asked for)."""
 
 
-def missing(path: PathLike) -> FileNotFoundError:
-    return FileNotFoundError(errno.ENOENT, "s3 backend: nothing is stored at this path", str(path))
+def missing(path: PathLike, backend: str = "s3") -> FileNotFoundError:
+    return FileNotFoundError(errno.ENOENT, f"{backend} backend: nothing is stored at this path", str(path))
 
 
-def taken(path: PathLike) -> FileExistsError:
-    return FileExistsError(errno.EEXIST, "s3 backend: path exists; pass overwrite=True to replace it", str(path))
+def taken(path: PathLike, backend: str = "s3") -> FileExistsError:
+    return FileExistsError(
+        errno.EEXIST, f"{backend} backend: path exists; pass overwrite=True to replace it", str(path)
+    )
 
 
 def without_userinfo(url: str) -> str:
@@ -92,7 +94,9 @@ class S3Client:
     """One bucket's obstore store and thread pool, made on first use in each process and shared by its threads.
 
     It pickles as its settings alone (credentials included, as :class:`Secret`):
-    a process that unpickles it makes its own store on first use.
+    a process that unpickles it makes its own store on first use. ``backend``
+    is the name its error messages give (the zarr backend uses it too, for
+    arrays in a bucket).
     """
 
     def __init__(
@@ -105,7 +109,9 @@ class S3Client:
         secret_access_key: Secret | None,
         allow_http: bool,
         retry_timeout: float,
+        backend: str = "s3",
     ) -> None:
+        self.backend = backend
         self.bucket = bucket
         self.prefix = prefix
         self.endpoint = endpoint
@@ -171,7 +177,9 @@ class S3Client:
             )
         except Exception as error:
             reason = self._scrub(str(error))
-            raise ValueError(f"s3 backend: cannot make a client for bucket {self.bucket!r}: {reason}") from None
+            raise ValueError(
+                f"{self.backend} backend: cannot make a client for bucket {self.bucket!r}: {reason}"
+            ) from None
 
     def request(self, action: str, path: PathLike, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call the obstore ``function(store, *args, **kwargs)``, raising builtin errors that name ``path``."""
@@ -195,7 +203,9 @@ class S3Client:
                 if not _CONFLICT.search(str(error)) or attempt == _CONFLICT_ATTEMPTS - 1:
                     raise self.failure(error, "write", path) from None
             pause = _CONFLICT_PAUSE * 2**attempt * (0.5 + random.random())
-            logger.debug("s3 backend: conditional-request conflict on %r; asking again in %.2f s", str(path), pause)
+            logger.debug(
+                "%s backend: conditional-request conflict on %r; asking again in %.2f s", self.backend, str(path), pause
+            )
             time.sleep(pause)
 
     def gather(
@@ -222,32 +232,35 @@ class S3Client:
         exceptions = import_obstore().exceptions
         text = str(error)
         reason = self._scrub(_reason(text))
-        logger.debug("s3 backend: %s %r failed: %s", action, str(path), self._scrub(text))
+        logger.debug("%s backend: %s %r failed: %s", self.backend, action, str(path), self._scrub(text))
         if "<Code>NoSuchBucket</Code>" in text:
             return NoSuchBucketError(
-                errno.ENOENT, f"s3 backend: the bucket {self.bucket!r} does not exist; create it first", str(path)
+                errno.ENOENT,
+                f"{self.backend} backend: the bucket {self.bucket!r} does not exist; create it first",
+                str(path),
             )
         if isinstance(error, FileNotFoundError):
-            return missing(path)
+            return missing(path, self.backend)
         if isinstance(error, (exceptions.AlreadyExistsError, exceptions.PreconditionError)):
-            return taken(path)
+            return taken(path, self.backend)
         refused = isinstance(error, (exceptions.PermissionDeniedError, exceptions.UnauthenticatedError))
         if refused or _REFUSED.search(reason):
             return PermissionError(
                 errno.EACCES,
-                f"s3 backend: the server refused to {action} in bucket {self.bucket!r} ({reason}); check the "
-                "credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) and the bucket's permissions",
+                f"{self.backend} backend: the server refused to {action} in bucket {self.bucket!r} ({reason}); "
+                "check the credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) and the bucket's permissions",
                 str(path),
             )
         if "HTTP error" in reason:
             endpoint = without_userinfo(self.endpoint or "AWS")
             return ConnectionError(
                 errno.ECONNREFUSED,
-                f"s3 backend: could not {action}: {endpoint} did not answer within {self.retry_timeout:g} s of "
-                f"retries ({reason}); check that the server runs and that endpoint= is right",
+                f"{self.backend} backend: could not {action}: {endpoint} did not answer within "
+                f"{self.retry_timeout:g} s of retries ({reason}); check that the server runs and that "
+                "endpoint= is right",
                 str(path),
             )
-        return OSError(errno.EIO, f"s3 backend: could not {action} ({reason})", str(path))
+        return OSError(errno.EIO, f"{self.backend} backend: could not {action} ({reason})", str(path))
 
     def _scrub(self, text: str) -> str:
         given = [secret.reveal() for secret in (self.access_key_id, self.secret_access_key) if secret]

@@ -51,6 +51,11 @@ __all__ = ["ZarrBackend"]
 INCOMPLETE = "polystore.incomplete"
 
 
+def is_bucket_url(root: object) -> bool:
+    """Whether a zarr backend ``root`` names a bucket (``s3://...``) rather than a local directory."""
+    return isinstance(root, str) and root.startswith("s3://")
+
+
 def incomplete_error(path: PathLike) -> ValueError:
     """The error for reading an array marked incomplete."""
     return ValueError(
@@ -118,7 +123,26 @@ class ZarrBackend(StorageBackend):
         relative to it, and ``..`` escapes, absolute paths outside it and
         symlinks pointing out of it raise :class:`InvalidPathError` before
         any I/O. Without it, relative paths resolve against the working
-        directory.
+        directory. An ``s3://bucket/prefix`` URL keeps the arrays in that
+        bucket instead (see below).
+    store_options
+        Only with an ``s3://`` root: the options of :class:`S3Backend` but
+        the bucket and prefix (``endpoint``, ``region``, ``access_key_id``,
+        ``secret_access_key``, ``allow_http``, ``retry_timeout``).
+
+    Notes
+    -----
+    **Arrays in a bucket.** ``ZarrBackend(root="s3://bucket/prefix",
+    store_options={...})`` gives a backend with the same methods and
+    answers whose arrays are zarr v3 arrays under that prefix, read and
+    written through ``zarr.storage.ObjectStore`` over one obstore client per
+    backend and process; plain ``zarr.open_array(store=ObjectStore(...),
+    path=...)`` and ``dask.array.from_zarr`` read them. S3 has no rename, so
+    its guarantees differ: creation is all or nothing for readers (chunks
+    first, ``zarr.json`` last by an exclusive PUT), but an overwrite removes
+    the old array before writing the new one. See
+    :class:`~polystore.backends.zarr.bucket.BucketZarrBackend` for exactly
+    what readers may see.
 
     Examples
     --------
@@ -135,7 +159,26 @@ class ZarrBackend(StorageBackend):
     stored_kinds: ClassVar[frozenset[str]] = frozenset({"array"})
     supports_regions: ClassVar[bool] = True
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+    def __new__(cls, root: str | os.PathLike[str] | None = None, store_options: dict[str, Any] | None = None) -> Any:
+        # An s3:// root keeps the arrays in a bucket: that backend lives in its own module.
+        if cls is ZarrBackend and is_bucket_url(root):
+            from polystore.backends.zarr.bucket import BucketZarrBackend
+
+            return super().__new__(BucketZarrBackend)
+        return super().__new__(cls)
+
+    def __init__(
+        self, root: str | os.PathLike[str] | None = None, store_options: dict[str, Any] | None = None
+    ) -> None:
+        if store_options is not None:
+            raise TypeError(
+                f"zarr backend: store_options are for an s3:// root (arrays in a bucket), not the local root "
+                f"{None if root is None else os.fspath(root)!r}; leave them out, or give root='s3://bucket/prefix'"
+            )
+        if isinstance(root, str) and "://" in root:
+            raise ValueError(
+                f"zarr backend: root {root!r} is a URL, and only s3:// URLs are supported (root='s3://bucket/prefix')"
+            )
         self.root: Path | None = None if root is None else Path(os.path.realpath(root))
         self._tree = ArrayTree(self.root)
         # Opened arrays by (directory, mode, directory identity): opening reads

@@ -19,6 +19,7 @@ from polystore.errors import UnsupportedFormatError
 
 if TYPE_CHECKING:
     import zarr
+    import zarr.abc.store
 
 __all__ = [
     "COMPRESSORS",
@@ -261,7 +262,7 @@ def array_layout(
 
 
 def create_zarr_array(
-    path: Path,
+    path: Path | zarr.abc.store.Store,
     layout: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...] | None],
     dtype: Any,
     *,
@@ -269,10 +270,12 @@ def create_zarr_array(
     fill_value: Any,
     attributes: dict[str, Any] | None,
 ) -> zarr.Array:
-    """Create a zarr v3 array in a local directory that holds no array yet.
+    """Create a zarr v3 array in a local directory that holds no array yet (or at the root of a zarr store).
 
     ``layout`` is what :func:`array_layout` returned and ``compressors`` what
-    :func:`compressors_for` returned.
+    :func:`compressors_for` returned. Arrays in a bucket are made in a
+    ``MemoryStore`` first, for their metadata (see
+    :mod:`~polystore.backends.zarr.bucket`).
     """
     zarr = import_zarr()
     from zarr.storage import LocalStore
@@ -285,7 +288,7 @@ def create_zarr_array(
 
         options["serializer"] = BytesCodec(endian=endian)  # kept in the metadata, read back by stored_dtype
     return zarr.create_array(
-        store=LocalStore(path),
+        store=LocalStore(path) if isinstance(path, Path) else path,
         shape=shape,
         dtype=dtype,
         chunks=chunks,

@@ -1,0 +1,204 @@
+"""The zarr backend with an s3:// root, on a real SeaweedFS: the conformance kit, plus what a bucket involves."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import obstore
+import pytest
+import zarr
+from zarr.storage import ObjectStore
+
+from polystore import BackendRegistry, FileManager, ZarrBackend
+from polystore.backends.zarr.bucket import BucketZarrBackend
+from polystore.backends.zarr.bucket_tree import CLAIM
+from polystore.testing import BackendTests, assert_same_data
+from tests._seaweed import SeaweedServer
+
+
+def bucket_zarr(s3_options: dict[str, Any]) -> ZarrBackend:
+    """A zarr backend on the prefix of ``s3_options`` (the same option names as S3Backend)."""
+    options = dict(s3_options)
+    root = f"s3://{options.pop('bucket')}/{options.pop('prefix')}"
+    return ZarrBackend(root=root, store_options=options)
+
+
+@pytest.fixture
+def zb(s3_options: dict[str, Any]) -> ZarrBackend:
+    return bucket_zarr(s3_options)
+
+
+def raw_store(seaweed: SeaweedServer, backend: ZarrBackend) -> Any:
+    """Plain obstore on the backend's prefix."""
+    return seaweed.store(prefix=backend.prefix)  # type: ignore[attr-defined]
+
+
+def raw_keys(seaweed: SeaweedServer, backend: ZarrBackend) -> list[str]:
+    return sorted(entry["path"] for entry in obstore.list(raw_store(seaweed, backend)).collect())
+
+
+class TestZarrInABucketConformance(BackendTests):
+    suffixes = {"array": ".zarr"}
+
+    @pytest.fixture
+    def backend(self, zb: ZarrBackend) -> ZarrBackend:
+        return zb
+
+
+def test_an_s3_root_gives_a_zarr_backend_in_the_bucket_registered_as_zarr(s3_options: dict[str, Any]) -> None:
+    options = dict(s3_options)
+    root = f"s3://{options.pop('bucket')}/{options.pop('prefix')}"
+    registry = BackendRegistry({"zarr": {"root": root, "store_options": options}})
+    backend = registry["zarr"]
+    assert isinstance(backend, ZarrBackend) and isinstance(backend, BucketZarrBackend)
+    assert (backend.name, backend.locality, backend.supports_regions) == ("zarr", "shared", True)
+    assert backend.canonical_path("/a//b.zarr") == backend.canonical_path("a/b.zarr") == "a/b.zarr"
+    fm = FileManager(registry)
+    fm.save(np.arange(6), "a/b.zarr", "zarr")
+    assert_same_data(fm.load("a/b.zarr", "zarr"), np.arange(6))
+
+
+def test_plain_zarr_and_dask_read_what_it_writes(zb: ZarrBackend, seaweed: SeaweedServer) -> None:
+    data = np.arange(200 * 300, dtype=np.float32).reshape(200, 300)
+    zb.save(data, "run/a.zarr", chunks=(64, 64), shards=(128, 128), compressor="blosc-lz4")
+    store = ObjectStore(raw_store(seaweed, zb), read_only=True)
+    plain = zarr.open_array(store=store, path="run/a.zarr", mode="r")
+    assert (plain.chunks, plain.shards) == ((64, 64), (128, 128))
+    np.testing.assert_array_equal(plain[...], data)
+    np.testing.assert_array_equal(da.from_zarr(plain).compute(), data)
+    assert zb.stat("run/a.zarr")["compressor"] == "blosc-lz4"
+
+
+def test_arrays_are_zarr_json_and_chunks_under_the_prefix_and_directories_are_groups(
+    zb: ZarrBackend, seaweed: SeaweedServer
+) -> None:
+    zb.save(np.zeros((4, 4)) + 1, "d/a.zarr", chunks=(2, 2))
+    keys = raw_keys(seaweed, zb)
+    assert keys == ["d/a.zarr/c/0/0", "d/a.zarr/c/0/1", "d/a.zarr/c/1/0", "d/a.zarr/c/1/1", "d/a.zarr/zarr.json",
+                    "d/zarr.json"]
+    group = zarr.open_group(store=ObjectStore(raw_store(seaweed, zb), read_only=True), path="d", mode="r")
+    assert list(group.array_keys()) == ["a.zarr"]
+    assert zb.list_files("d") == ["d/a.zarr"] and zb.list_dir(".") == ["d"]
+
+
+def test_creation_writes_chunks_first_and_zarr_json_last(zb: ZarrBackend, seaweed: SeaweedServer) -> None:
+    seen: list[list[str]] = []
+    store = raw_store(seaweed, zb)
+    data = np.ones((64, 64), dtype=np.float32)
+
+    original = zb._bucket.commit  # type: ignore[attr-defined]
+
+    def look_then_commit(key: str, metadata: bytes, path: Any) -> None:
+        seen.append(sorted(entry["path"] for entry in obstore.list(store, "x.zarr").collect()))
+        assert not zb.exists("x.zarr")  # chunks written, no array yet for any reader
+        with pytest.raises(FileNotFoundError):
+            zarr.open_array(store=ObjectStore(store, read_only=True), path="x.zarr", mode="r")
+        original(key, metadata, path)
+
+    zb._bucket.commit = look_then_commit  # type: ignore[attr-defined]
+    zb.save(data, "x.zarr", chunks=(32, 32))
+    assert seen == [[f"x.zarr/{CLAIM}", "x.zarr/c/0/0", "x.zarr/c/0/1", "x.zarr/c/1/0", "x.zarr/c/1/1"]]
+    assert_same_data(zb.load("x.zarr"), data)
+    assert f"x.zarr/{CLAIM}" not in raw_keys(seaweed, zb)
+
+
+def test_region_writes_fill_a_created_array_that_stays_incomplete_until_completed(zb: ZarrBackend) -> None:
+    created = zb.create_array("big.zarr", (100, 60), "int32", (50, 30), incomplete=True)
+    assert created.shape == (100, 60)
+    assert zb.stat("big.zarr")["incomplete"] is True
+    with pytest.raises(ValueError, match="incomplete"):
+        zb.load("big.zarr")
+    expected = np.arange(6000, dtype=np.int32).reshape(100, 60)
+
+    def write(rows: slice, cols: slice) -> None:
+        zb.save(expected[rows, cols], "big.zarr", region=(rows, cols))
+
+    threads = [
+        threading.Thread(target=write, args=(slice(r, r + 50), slice(c, c + 30))) for r in (0, 50) for c in (0, 30)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    zb.complete_array("big.zarr")
+    assert zb.stat("big.zarr")["incomplete"] is False
+    assert_same_data(zb.load("big.zarr"), expected)
+    assert_same_data(zb.load("big.zarr", region=(slice(40, 60), slice(25, 35))), expected[40:60, 25:35])
+
+
+def test_an_overwrite_is_never_read_as_a_mix_by_polystore(zb: ZarrBackend) -> None:
+    zb.save(np.zeros((64, 64), dtype=np.int32), "o.zarr", chunks=(16, 16))
+    assert_same_data(zb.load("o.zarr"), np.zeros((64, 64), dtype=np.int32))  # opened and kept
+    zb.save(np.full((64, 64), 5, dtype=np.int32), "o.zarr", chunks=(16, 16), overwrite=True)
+    # The same layout gives the same metadata, yet the kept array is not trusted: its zarr.json was rewritten.
+    assert_same_data(zb.load("o.zarr"), np.full((64, 64), 5, dtype=np.int32))
+    zb.save(np.arange(10, dtype=np.float64), "o.zarr", overwrite=True)
+    assert_same_data(zb.load("o.zarr"), np.arange(10, dtype=np.float64))
+
+
+def test_an_overwrite_leaves_no_chunk_of_the_old_array(zb: ZarrBackend, seaweed: SeaweedServer) -> None:
+    zb.save(np.ones((64, 64)), "o.zarr", chunks=(16, 16))
+    zb.save(np.zeros((64, 64)), "o.zarr", chunks=(32, 32), overwrite=True)  # all fill value: no chunk stored
+    assert raw_keys(seaweed, zb) == ["o.zarr/zarr.json"]
+    assert_same_data(zb.load("o.zarr"), np.zeros((64, 64)))
+
+
+def test_a_held_write_claim_refuses_other_writers_and_cleanup_removes_an_abandoned_one(
+    zb: ZarrBackend, seaweed: SeaweedServer
+) -> None:
+    store = raw_store(seaweed, zb)
+    # What a writer killed mid-write leaves: its claim and some chunks, no zarr.json.
+    obstore.put(store, f"dead.zarr/{CLAIM}", b"{}")
+    obstore.put(store, "dead.zarr/c/0", b"partial")
+    assert not zb.exists("dead.zarr") and zb.list_files(".") == []
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="another writer"):
+            zb.save(np.arange(3), "dead.zarr", overwrite=overwrite)
+    assert zb.cleanup() == []  # younger than the default hour: it may be a live writer's
+    assert zb.cleanup(older_than=0) == ["dead.zarr"]
+    assert raw_keys(seaweed, zb) == []
+    zb.save(np.arange(3), "dead.zarr")
+    assert_same_data(zb.load("dead.zarr"), np.arange(3))
+
+
+def test_copy_and_move_copy_on_the_server_and_keep_the_layout(zb: ZarrBackend) -> None:
+    data = np.arange(400, dtype=np.uint16).reshape(20, 20)
+    zb.save(data, "a.zarr", chunks=(5, 5), compressor="gzip", attributes={"k": 1})
+    zb.copy("a.zarr", "b/c.zarr")
+    zb.move("a.zarr", "m.zarr")
+    assert not zb.exists("a.zarr")
+    for path in ("b/c.zarr", "m.zarr"):
+        assert_same_data(zb.load(path), data)
+        stat = zb.stat(path)
+        assert (stat["chunks"], stat["compressor"]) == ((5, 5), "gzip")
+
+
+def test_paths_inside_an_array_do_not_exist_and_cannot_be_written(zb: ZarrBackend) -> None:
+    zb.save(np.ones((4, 4)), "a.zarr", chunks=(2, 2))
+    assert not zb.exists("a.zarr/c") and not zb.exists("a.zarr/c/0/0")
+    with pytest.raises(NotADirectoryError):
+        zb.save(np.ones(2), "a.zarr/inner.zarr")
+
+
+def test_root_urls_and_store_options_are_checked(s3_options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="s3://bucket"):
+        ZarrBackend(root="s3://")
+    with pytest.raises(TypeError, match="come from the root URL"):
+        ZarrBackend(root="s3://b/p", store_options={"bucket": "b"})
+    with pytest.raises(ValueError, match="allow_http"):
+        ZarrBackend(root="s3://b/p", store_options={"endpoint": "http://127.0.0.1:1"})
+    with pytest.raises(ValueError, match="only s3://"):
+        ZarrBackend(root="gs://b/p")
+    with pytest.raises(TypeError, match="store_options are for an s3:// root"):
+        ZarrBackend(root="/tmp", store_options={})
+
+
+def test_a_missing_bucket_is_named(seaweed: SeaweedServer) -> None:
+    options = seaweed.backend_options()
+    options.pop("bucket"), options.pop("prefix")
+    backend = ZarrBackend(root="s3://no-such-bucket-here/p", store_options={**options, "retry_timeout": 2})
+    with pytest.raises(FileNotFoundError, match="no-such-bucket-here"):
+        backend.save(np.arange(3), "a.zarr")
