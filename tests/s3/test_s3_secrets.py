@@ -7,9 +7,10 @@ import pickle
 import traceback
 from typing import Any
 
+import numpy as np
 import pytest
 
-from polystore import BackendRegistry, S3Backend
+from polystore import BackendRegistry, S3Backend, ZarrBackend
 from tests._seaweed import SeaweedServer
 
 
@@ -88,3 +89,62 @@ def test_a_key_id_echoed_by_the_server_is_scrubbed_from_the_error(s3: S3Backend,
     error = s3._client.failure(echoed, "write", "a.bin")
     assert isinstance(error, PermissionError) and "SignatureDoesNotMatch" in str(error)
     assert_no_credentials(str(error), seaweed)
+
+
+# -- zarr arrays in a bucket: the same rules ---------------------------------------------
+def bucket_zarr_options(s3_options: dict[str, Any]) -> dict[str, Any]:
+    options = dict(s3_options)
+    return {"root": f"s3://{options.pop('bucket')}/{options.pop('prefix')}", "store_options": options}
+
+
+def test_zarr_in_a_bucket_repr_pickle_and_registry_options_show_no_credentials(
+    s3_options: dict[str, Any], seaweed: SeaweedServer
+) -> None:
+    registry = BackendRegistry({"zarr": bucket_zarr_options(s3_options)})
+    backend = registry["zarr"]
+    backend.save(np.arange(4), "a.zarr")
+    copy = pickle.loads(pickle.dumps(backend))
+    assert (copy.load("a.zarr") == np.arange(4)).all()  # allow_http survives the pickle (client_options)
+    texts = (repr(backend), str(backend), repr(copy), repr(registry.options), str(registry.options["zarr"]))
+    for text in texts:
+        assert_no_credentials(text, seaweed)
+    assert "credentials='given'" in repr(backend) and "s3://" in repr(backend)
+
+
+def test_an_array_zarr_in_a_bucket_hands_out_pickles_and_works_elsewhere(s3_options: dict[str, Any]) -> None:
+    backend = ZarrBackend(**bucket_zarr_options(s3_options))
+    array = backend.create_array("p.zarr", (4,), "int32", (2,))
+    unpickled = pickle.loads(pickle.dumps(array))
+    unpickled[:] = np.arange(4)
+    assert (backend.load("p.zarr") == np.arange(4)).all()
+
+
+def test_a_bad_store_option_error_hides_the_credentials(s3_options: dict[str, Any], seaweed: SeaweedServer) -> None:
+    options = bucket_zarr_options(s3_options)
+    options["store_options"]["colour"] = "blue"
+    with pytest.raises(TypeError, match="colour") as raised:
+        BackendRegistry({"zarr": options})["zarr"]
+    assert_no_credentials("".join(traceback.format_exception(raised.value)), seaweed)
+
+
+def test_zarr_in_a_bucket_with_refused_credentials_raises_permission_error_naming_neither(
+    s3_options: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    s3_options["secret_access_key"] = "ps-wrong-secret-for-zarr-" + s3_options["secret_access_key"][::-1]
+    backend = ZarrBackend(**bucket_zarr_options(s3_options))
+    caplog.set_level(logging.DEBUG, logger="polystore")
+    operations = (
+        lambda: backend.save(np.arange(3), "a.zarr"),
+        lambda: backend.load("a.zarr"),
+        lambda: backend.list_dir("."),
+    )
+    for operation in operations:
+        with pytest.raises(PermissionError, match="zarr backend: the server refused") as raised:
+            operation()
+        text = "".join(traceback.format_exception(raised.value))
+        for secret in (s3_options["access_key_id"], s3_options["secret_access_key"]):
+            assert secret not in text
+    assert caplog.records
+    for record in caplog.records:
+        for secret in (s3_options["access_key_id"], s3_options["secret_access_key"]):
+            assert secret not in record.getMessage()
