@@ -23,7 +23,7 @@ AREAS: list[tuple[tuple[str, ...], Callable[[Bench, set[str]], list[Result]]]] =
     (("3",), memory.run),
     (("4",), zarr_bench.run),
     (("5", "6", "7", "8"), dask_bench.run),
-    (("10", "11"), s3_bench.run),
+    (("10", "11", "12", "13"), s3_bench.run),
 ]
 ALL_ROWS = [row for rows, _ in AREAS for row in rows]
 

@@ -135,7 +135,7 @@ def render(bench: Bench, results: list[Result], errors: dict[str, str], command:
         f"- Mode: {'quick (tiny sizes, checks the code runs; the figures mean nothing)' if bench.quick else 'full'}.",
         f"- Each row runs ours and its baseline alternately in one process: {bench.warmup} warm-up run of each, "
         "then timed reps in ABBA order, an even number so each side runs first in a pair equally often "
-        f"({bench.reps} reps for rows 1-3 and 10-11, {bench.heavy_reps} for rows 4-9, "
+        f"({bench.reps} reps for rows 1-3 and 10-11, {bench.heavy_reps} for rows 4-9 and 12-13, "
         "which move 1 GiB per run or start Dask tasks).",
         "- Figures are the median and the spread (min–max) of the timed reps. The ratio is a throughput "
         "ratio, ours over baseline, so above 1 means ours is faster (for ns/op rows: baseline time over "
