@@ -12,7 +12,7 @@ from pathlib import Path
 
 from benchmarks import dask_bench, disk, limits, memory, s3_bench, zarr_bench
 from benchmarks._harness import Bench, Result
-from benchmarks._report import render
+from benchmarks._report import merge, render
 
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
@@ -40,6 +40,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="directory in which the run makes (and then removes) its scratch directory; default /tmp",
     )
     parser.add_argument(
+        "--merge", action="store_true",
+        help=(
+            "keep the result rows of the existing --output report that this run does not measure "
+            "(each noted with the run that measured it), e.g. --only 12,13 --merge --output benchmarks/results.md"
+        ),
+    )
+    parser.add_argument(
         "--output", type=Path,
         help=(
             f"where to write the report; default {RESULTS} for a full run of every row, "
@@ -52,6 +59,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown rows {sorted(unknown)}; choose from {', '.join(sorted(ALL_ROWS))}")
     args.rows = selected or set(ALL_ROWS)
+    if args.merge and (args.output is None or not args.output.exists()):
+        parser.error("--merge needs --output naming an existing report to merge into")
     if args.output is None:
         if args.quick or selected:
             args.output = Path(tempfile.gettempdir()) / f"polystore-bench-{'quick' if args.quick else 'partial'}.md"
@@ -89,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  ({time.perf_counter() - area_started:.1f} s)", file=sys.stderr, flush=True)
             results += area_results
         command = " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])])
-        args.output.write_text(render(bench, results, errors, command))
+        report = render(bench, results, errors, command)
+        if args.merge:
+            report = merge(args.output.read_text(), report)
+        args.output.write_text(report)
     print(f"wrote {args.output} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 1 if errors else 0
 

