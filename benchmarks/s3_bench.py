@@ -318,13 +318,14 @@ def run(bench: Bench, rows: set[str]) -> list[Result]:
     """Measure the selected rows among 10 to 13 on a SeaweedFS of its own."""
     from tests._seaweed import seaweed_server
 
-    bench.notes["10-11"] = (
-        "Rows 10-11: one SeaweedFS (`weed mini`) on 127.0.0.1, started by the benchmark, shared by both sides; "
-        "`S3Backend` and the raw obstore `S3Store` point at the same bucket. Ours saves `.npy` objects with a "
-        "conditional PUT after checking the path (no directory there, no file above it); the baseline PUTs the "
-        "raw array bytes and loads them undecoded. Each save rep writes a fresh prefix, deleted after the rep, "
-        "untimed; loads read objects written once before the reps."
-    )
+    if rows & {"10", "11"}:
+        bench.notes["10-11"] = (
+            "Rows 10-11: one SeaweedFS (`weed mini`) on 127.0.0.1, started by the benchmark, shared by both sides; "
+            "`S3Backend` and the raw obstore `S3Store` point at the same bucket. Ours saves `.npy` objects with a "
+            "conditional PUT after checking the path (no directory there, no file above it); the baseline PUTs the "
+            "raw array bytes and loads them undecoded. Each save rep writes a fresh prefix, deleted after the rep, "
+            "untimed; loads read objects written once before the reps."
+        )
     if rows & {"12", "13"}:
         bench.notes["12-13"] = (
             "Rows 12-13: the same server; ours is the zarr backend with root 's3://polystore-bench/bench-zarr/ours', "
