@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from polystore import S3Backend
+from polystore import S3Backend, ZarrBackend
 from polystore.testing import assert_same_data
 from tests._seaweed import SeaweedServer, seaweed_server
 
@@ -128,3 +128,74 @@ def test_a_server_that_cannot_start_fails_with_its_reason(tmp_path: Path, server
     with pytest.raises(RuntimeError, match="SeaweedFS"):
         clash.start(timeout=10.0)
     assert clash.process is None
+
+
+# -- zarr arrays in a bucket ----------------------------------------------------------
+def bucket_zarr(server: SeaweedServer, prefix: str, **options: float) -> ZarrBackend:
+    store_options = {k: v for k, v in server.backend_options().items() if k not in ("bucket", "prefix")}
+    return ZarrBackend(root=f"s3://{server.buckets[0]}/{prefix}", store_options={**store_options, **options})
+
+
+def test_eight_zarr_writers_racing_on_one_array_leave_one_winner_whose_array_is_stored(
+    server: SeaweedServer, prefix: str
+) -> None:
+    writers = 8
+    backends = [bucket_zarr(server, prefix) for _ in range(writers)]  # one client each, as processes would
+    outcomes: dict[int, str] = {}
+    barrier = threading.Barrier(writers, timeout=PATIENCE)
+
+    def write(writer: int) -> None:
+        barrier.wait()
+        try:
+            backends[writer].save(np.full((256, 256), writer, dtype=np.int32), "race.zarr", chunks=(64, 64))
+            outcomes[writer] = "won"
+        except FileExistsError:
+            outcomes[writer] = "lost"
+
+    threads = [threading.Thread(target=write, args=(writer,)) for writer in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=PATIENCE)
+    assert not any(thread.is_alive() for thread in threads), "a writer did not finish"
+    winners = [writer for writer, outcome in outcomes.items() if outcome == "won"]
+    assert len(winners) == 1 and len(outcomes) == writers
+    assert_same_data(backends[0].load("race.zarr"), np.full((256, 256), winners[0], dtype=np.int32))
+
+
+def test_a_zarr_save_across_a_restart_retries_and_succeeds_and_nothing_stored_is_lost(
+    server: SeaweedServer, prefix: str
+) -> None:
+    backend = bucket_zarr(server, prefix, retry_timeout=PATIENCE)
+    before = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)
+    backend.save(before, "before.zarr", chunks=(16, 16))
+    server.kill()
+    restart = threading.Timer(1.0, server.start)
+    restart.start()
+    try:
+        backend.save(before * 2, "after.zarr", chunks=(16, 16))
+    finally:
+        restart.join(timeout=PATIENCE)
+        if server.process is None:
+            server.start()
+    assert_same_data(backend.load("after.zarr"), before * 2)
+    assert_same_data(backend.load("before.zarr"), before)
+    assert backend.list_files(".") == ["./after.zarr", "./before.zarr"]
+
+
+def test_with_the_server_down_zarr_operations_fail_clearly_and_leave_the_stored_array(
+    server: SeaweedServer, prefix: str
+) -> None:
+    backend = bucket_zarr(server, prefix, retry_timeout=1.0)
+    backend.save(np.arange(100), "kept.zarr", chunks=(10,))
+    server.stop()
+    try:
+        for operation in (lambda: backend.load("kept.zarr"), lambda: backend.save(np.arange(3), "down.zarr")):
+            with pytest.raises(ConnectionError) as raised:
+                operation()
+            message = str(raised.value)
+            assert "zarr backend" in message and server.endpoint in message and "did not answer" in message
+    finally:
+        server.start()
+    assert_same_data(backend.load("kept.zarr"), np.arange(100))
+    assert not backend.exists("down.zarr")

@@ -140,9 +140,10 @@ class ZarrBackend(StorageBackend):
     path=...)`` and ``dask.array.from_zarr`` read them. S3 has no rename, so
     its guarantees differ: creation is all or nothing for readers (chunks
     first, ``zarr.json`` last by an exclusive PUT), but an overwrite removes
-    the old array before writing the new one. See
-    :class:`~polystore.backends.zarr.bucket.BucketZarrBackend` for exactly
-    what readers may see.
+    the old array before writing the new one, and writers of one path take
+    turns through a write claim. The README's guarantees section (and the
+    docstring of ``polystore.backends.zarr.bucket.BucketZarrBackend``) say
+    exactly what readers may see.
 
     Examples
     --------

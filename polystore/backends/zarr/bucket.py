@@ -101,10 +101,12 @@ class BucketZarrBackend(ZarrBackend):
       (:class:`FileNotFoundError`); before, the old array, after, the new
       one. polystore's ``load`` never returns a mix: it checks after reading
       that ``zarr.json`` is the one it read by (its ETag, unique to each
-      write) and reads again otherwise. A *plain zarr reader that opened the
-      old array before the overwrite* (a ``dask.array.from_zarr`` graph
-      built before it) can read a mix of old chunks, fill values and new
-      chunks: do not overwrite arrays that others are reading.
+      write) and reads again otherwise. Each block of a ``load_array`` is
+      such a load, but a graph that runs across an overwrite can combine
+      whole blocks of both arrays. A *plain zarr reader that opened the old
+      array before the overwrite* (a ``dask.array.from_zarr`` graph built
+      before it) can read a mix of old chunks, fill values and new chunks:
+      do not overwrite arrays that others are reading.
     - A writer killed mid-write leaves its claim and chunks but no
       ``zarr.json``: the path reads as missing, and saving there says
       another writer is at work until :meth:`cleanup` removes the leftovers.
@@ -328,7 +330,10 @@ class BucketZarrBackend(ZarrBackend):
             bucket.make_groups(to_make, path)
             bucket.remove(key, path, keep=claim)
             target = self._array_at(key, metadata[0])
-            write(target)
+            try:
+                write(target)
+            except Exception as error:
+                raise self._request_error(error, "write", path) from None
             bucket.commit(key, metadata[1], path)
             committed = True
             return target
@@ -553,6 +558,8 @@ class BucketZarrBackend(ZarrBackend):
         except OSError:
             raise
         except Exception as error:
+            if _from_obstore(error):
+                raise self._request_error(error, "read", path) from None
             position = find_unreadable_chunk(array, selection)
             if position is None:
                 raise
@@ -561,6 +568,10 @@ class BucketZarrBackend(ZarrBackend):
                 f"zarr backend: cannot read chunk {chunk!r} of the array at {str(path)!r}; it is truncated or "
                 f"corrupt ({type(error).__name__}: {error})"
             ) from error
+
+    def _request_error(self, error: Exception, action: str, path: PathLike) -> Exception:
+        """A chunk request's obstore ``error`` as the builtin error naming ``path`` (others as they are)."""
+        return self._client.failure(error, action, path) if _from_obstore(error) else error
 
     def load_batch(self, paths: Sequence[PathLike], **kwargs: Any) -> list[Any]:
         # docstring inherited
@@ -643,3 +654,8 @@ class BucketZarrBackend(ZarrBackend):
             "compressor": compressor_name(array),
             "incomplete": bool(array.attrs.get(INCOMPLETE)),
         }
+
+
+def _from_obstore(error: BaseException) -> bool:
+    """Whether ``error`` is obstore's (a chunk request through zarr's ObjectStore that failed)."""
+    return type(error).__module__.split(".", 1)[0] == "obstore"
