@@ -71,27 +71,46 @@ def save_by_region(
             "such as 'zarr', or a per-process one such as 'memory'"
         )
     x = _as_dask_array(x)
-    chunks, shards = options["chunks"], options["shards"]
+    chunks, shards, resume = options["chunks"], options["shards"], options["resume"]
+    if resume and options["overwrite"]:
+        raise ValueError(
+            f"save_array of {str(path)!r}: resume=True finishes the incomplete array there and overwrite=True "
+            "replaces it; pass one of them"
+        )
     if chunks is None:
         chunks = _regular_chunks(x, shards)
     token = uuid.uuid4().hex
+    labels = {"dimension_names": options["dimension_names"], "attributes": options["attributes"]}
     created = tasks.start(
         f"polystore-save_array-create-{token}", attempt, create_array, traits.name, path, x.shape, x.dtype, chunks,
-        shards, options["compressor"], options["overwrite"], origin, writes=[key],
+        shards, options["compressor"], options["overwrite"], origin, labels, resume, writes=[key],
     ).result().result()
-    x = _aligned(x, created["shards"] or created["chunks"])
+    done = f"polystore-save_array-{token}"
+    if created.get("complete"):  # resumed, and nothing is missing: nothing to compute
+        nothing = HighLevelGraph.from_collections(done, {done: Task(done, _nothing)}, dependencies=())
+        return Delayed(done, nothing) if not options["compute"] else None
+    unit = created["shards"] or created["chunks"]
+    x = _aligned(x, unit)
+    committed = _committed_units(created.get("committed", []), unit, x.shape) if resume else None
     name = f"polystore-save_array-write-{token}"
     layer: dict[Any, Any] = {}
     for index, region in _blocks(x.chunks):
+        if resume and _covers(committed, region, unit):
+            continue  # written by the run being resumed
         block_key = (name, *index)
         layer[block_key] = Task(block_key, write_block, TaskRef((x.name, *index)), traits.name, path, region, origin)
-    done = f"polystore-save_array-{token}"
     written = [TaskRef(block_key) for block_key in list(layer)]
     layer[done] = Task(done, finish_array, traits.name, path, origin, *written)
+    # Computing it culls the graph, so the blocks of x a resumed save skips are never computed.
     delayed = Delayed(done, HighLevelGraph.from_collections(done, layer, dependencies=[x]))
     if not options["compute"]:
         return delayed
-    tasks.client.compute(delayed).result()
+    future = tasks.client.compute(delayed)
+    try:
+        future.result()
+    except BaseException:
+        future.cancel()  # a failed save stops writing: what is recorded so far is what a resume keeps
+        raise
     return None
 
 
@@ -125,6 +144,13 @@ def save_blocks(
     """Keep each block of ``x`` on the worker that computes it, at ``<path>/<i>.<j>...``, layout beside them."""
     x = _as_dask_array(x)
     backend, canonical = key
+    refused = [name for name in ("resume", "dimension_names", "attributes") if options[name]]
+    if refused:
+        raise ValueError(
+            f"{backend} backend: save_array to {str(path)!r} cannot take {', '.join(refused)}: a per-process "
+            "backend keeps the blocks only (no dimension names or attributes, and nothing of a failed run to "
+            "resume); save to 'zarr' to keep them, or pass the plain dask array (a DataArray's .data)"
+        )
     if options["chunks"] is not None:
         # Blocks are kept as they are; ``chunks`` sets their shape, shards and compressor do not apply.
         x = x.rechunk(_block_shape(options["chunks"], x, backend, path))
@@ -204,6 +230,27 @@ def load_blocks(tasks: OrderedTasks, owners: ProcessOwners, path: PathLike, key:
     graph = HighLevelGraph.from_collections(name, layer, dependencies=())
     array = da.Array(graph, name, stored, dtype=dtype, meta=np.empty((0,) * len(stored), dtype))
     return array if chunks is None else array.rechunk(chunks)
+
+
+def _committed_units(regions: Sequence[Sequence[tuple[int, int]]], unit: Sequence[int], shape: Sequence[int]) -> Any:
+    """A grid over the array's chunks (shards), true where a chunk lies wholly inside a committed region."""
+    grid = tuple(-(-size // side) for size, side in zip(shape, unit, strict=True))
+    committed = np.zeros(grid, dtype=bool)
+    for region in regions:
+        cells = []
+        for (start, stop), side, size, count in zip(region, unit, shape, grid, strict=True):
+            # Only chunks the region holds whole: a partly covered one is written again.
+            cells.append(slice(-(-start // side), count if stop >= size else stop // side))
+        committed[tuple(cells)] = True
+    return committed
+
+
+def _covers(committed: Any, region: tuple[slice, ...], unit: Sequence[int]) -> bool:
+    """Whether every chunk (shard) of a block, aligned to them, is committed."""
+    cells = tuple(
+        slice(part.start // side, -(-part.stop // side)) for part, side in zip(region, unit, strict=True)
+    )
+    return bool(committed[cells].all()) if committed.size else False
 
 
 # -- shapes ----------------------------------------------------------------

@@ -44,13 +44,25 @@ METADATA = "polystore-process-arrays"
 def create_array(
     backend: str, path: Any, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...] | None,
     shards: tuple[int, ...] | None, compressor: str | None, overwrite: bool, origin: str | None,
+    labels: dict[str, Any], resume: bool,
 ) -> dict[str, Any]:
-    """Create the array on this worker's backend; return its chunks and shards."""
+    """Create the array on this worker's backend; return its chunks and shards.
+
+    ``labels`` holds its ``dimension_names`` and ``attributes``. With
+    ``resume``, an array already at ``path`` of this layout is kept: the
+    result then also says whether it is ``complete`` and which regions of it
+    are ``committed`` (as ``[start, stop]`` pairs).
+    """
     target = get_registry()[backend]
     where = resolve(path, target, origin)
+    if resume:
+        kept = _resumable(target, where, path, backend, shape, dtype, chunks, shards, compressor, labels)
+        if kept is not None:
+            return kept
     try:
         array = target.create_array(  # type: ignore[attr-defined]  # declared by supports_regions
-            where, shape, dtype, chunks, shards=shards, compressor=compressor, overwrite=overwrite, incomplete=True
+            where, shape, dtype, chunks, shards=shards, compressor=compressor, overwrite=overwrite, incomplete=True,
+            **labels,
         )
     except FileExistsError:
         # Run again after its worker died: the first attempt's (empty) array will do.
@@ -59,6 +71,50 @@ def create_array(
             raise
         return {"chunks": tuple(stat["chunks"]), "shards": stat.get("shards")}
     return {"chunks": tuple(array.chunks), "shards": None if array.shards is None else tuple(array.shards)}
+
+
+def _resumable(
+    target: Any, where: Any, path: Any, backend: str, shape: tuple[int, ...], dtype: np.dtype,
+    chunks: tuple[int, ...] | None, shards: tuple[int, ...] | None, compressor: str | None, labels: dict[str, Any],
+) -> dict[str, Any] | None:
+    """What ``save_array(..., resume=True)`` keeps of the array at ``where``: None if there is none to keep.
+
+    Refuses, naming every difference, an array whose layout is not the one
+    asked for; ``chunks`` None accepts the stored chunks.
+    """
+    try:
+        stat = target.stat(where)
+    except FileNotFoundError:
+        return None
+    if stat.get("type") != "file":
+        return None  # creating it raises the error that says what is there
+    names = labels.get("dimension_names")
+    asked: dict[str, Any] = {
+        "shape": tuple(shape),
+        "dtype": np.dtype(dtype),
+        "chunks": None if chunks is None else tuple(chunks),
+        "shards": None if shards is None else tuple(shards),
+        "compressor": compressor,
+        "dimension_names": None if names is None else tuple(names),
+    }
+    if chunks is None:
+        del asked["chunks"]
+    differences = [
+        f"{name} {value!r} (the stored array's: {stat.get(name)!r})"
+        for name, value in asked.items()
+        if stat.get(name) != value
+    ]
+    if differences:
+        raise ValueError(
+            f"{backend} backend: save_array(..., resume=True) cannot resume the array at {str(path)!r}: this call "
+            f"asks for {', '.join(differences)}. Resume with the options of the run that made it, or write it anew "
+            "with overwrite=True (without resume)"
+        )
+    found = {"chunks": tuple(stat["chunks"]), "shards": stat.get("shards"), "complete": not stat.get("incomplete")}
+    if stat.get("incomplete"):
+        regions = target.committed_regions(where)
+        found["committed"] = [[(part.start, part.stop) for part in region] for region in regions]
+    return found
 
 
 def write_block(block: np.ndarray, backend: str, path: Any, region: tuple[slice, ...], origin: str | None) -> None:

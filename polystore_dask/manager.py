@@ -10,6 +10,7 @@ from distributed import Client, Future
 
 from polystore.backend import PathLike, check_batch_lengths
 from polystore.paths import check_sort
+from polystore_dask.labelled import to_dataarray, unlabelled
 from polystore_dask.ordering import OrderedTasks
 from polystore_dask.per_process import ProcessPlacement
 from polystore_dask.placement import Placement
@@ -19,6 +20,7 @@ from polystore_dask.traits import KnownBackends
 
 if TYPE_CHECKING:
     import dask.array
+    import xarray
     from dask.delayed import Delayed
 
 __all__ = ["DaskFileManager"]
@@ -202,7 +204,7 @@ class DaskFileManager:
     # -- arrays ----------------------------------------------------------
     def save_array(
         self,
-        x: dask.array.Array,
+        x: dask.array.Array | xarray.DataArray,
         path: PathLike,
         backend: str = "zarr",
         *,
@@ -211,8 +213,11 @@ class DaskFileManager:
         compressor: str | None = "zstd",
         overwrite: bool = False,
         compute: bool = True,
+        resume: bool = False,
+        dimension_names: Sequence[str | None] | None = None,
+        attributes: dict[str, Any] | None = None,
     ) -> Delayed | None:
-        """Write the dask array ``x`` to ``path``, each block by a task on the worker that holds it.
+        """Write the dask array (or DataArray) ``x`` to ``path``, each block by a task on the worker that holds it.
 
         For a backend that stores arrays by region (``supports_regions``, as
         ``zarr``) the array is created first, then every task writes whole
@@ -227,10 +232,19 @@ class DaskFileManager:
         The array's creation (or, per process, the check for what exists)
         waits for the unfinished operations on ``path``, like any operation.
 
+        The array is marked incomplete until every block is written, and
+        each finished block is recorded in it (see
+        :meth:`ZarrBackend.committed_regions`): a run that failed part-way
+        leaves an array that loads refuse, and ``resume=True`` then writes
+        only the blocks not recorded.
+
         Parameters
         ----------
         x
-            The array to write.
+            The array to write: a dask array, anything ``dask.array.asarray``
+            takes, or an ``xarray.DataArray``, whose dims and attrs are stored
+            as its dimension names and attributes (its coordinates are not:
+            save each as an array of its own beside it).
         path
             Where to write it.
         backend
@@ -249,13 +263,42 @@ class DaskFileManager:
             writes (the array itself is created, or the old one removed,
             right away; operations issued before that ``compute()`` wait for
             the creation only).
-        """
-        options = {
-            "chunks": chunks, "shards": shards, "compressor": compressor, "overwrite": overwrite, "compute": compute
-        }
-        return self._placement(backend).save_array(x, path, options)
+        resume
+            Finish the array an earlier ``save_array`` of the same options
+            left incomplete: only the blocks it did not record are computed
+            and written, then the array is marked complete. The shape, dtype,
+            chunks (when asked for, by ``chunks`` or by ``x``'s regular
+            blocks), shards, compressor and dimension names must be those of
+            the incomplete array, else ``ValueError`` names what differs and
+            nothing is written. A complete array there (of the same layout)
+            is left as it is and nothing is computed; a missing one is written
+            whole. Not with ``overwrite``; only for backends that store arrays
+            by region.
+        dimension_names
+            One name per dimension, stored in the array's metadata, where
+            xarray reads its dimensions (default: ``x.dims`` for a DataArray).
+        attributes
+            A dict of JSON values stored with the array (merged over a
+            DataArray's ``attrs``).
 
-    def load_array(self, path: PathLike, backend: str = "zarr", chunks: Any = None) -> dask.array.Array:
+        Raises
+        ------
+        ValueError
+            ``resume`` with a layout that differs from the incomplete
+            array's, or with ``overwrite``.
+        TypeError
+            An ``xarray.Dataset`` (save each variable on its own path).
+        """
+        data, dimension_names, attributes = unlabelled(x, dimension_names, attributes)
+        options = {
+            "chunks": chunks, "shards": shards, "compressor": compressor, "overwrite": overwrite, "compute": compute,
+            "resume": resume, "dimension_names": dimension_names, "attributes": attributes,
+        }
+        return self._placement(backend).save_array(data, path, options)
+
+    def load_array(
+        self, path: PathLike, backend: str = "zarr", chunks: Any = None, *, as_dataarray: bool = False
+    ) -> dask.array.Array | xarray.DataArray:
         """Return a lazy dask array of the array at ``path``, its blocks read by tasks on the workers.
 
         The layout is read now, by one small task that waits for the
@@ -263,8 +306,17 @@ class DaskFileManager:
         computed, each by a task keyed ``polystore-load_array-...`` (per
         process, on the worker that keeps the block). ``chunks=None`` uses
         the stored chunks (as ``dask.array.from_zarr`` does).
+
+        With ``as_dataarray=True`` the result is an ``xarray.DataArray`` (of
+        that lazy array) with the stored dimension names as its dims, the
+        stored attributes as its attrs and the last part of ``path`` as its
+        name; an array stored without dimension names raises ``ValueError``.
+        It needs xarray (``pip install 'polystore[xarray]'``).
         """
-        return self._placement(backend).load_array(path, chunks)
+        array = self._placement(backend).load_array(path, chunks)
+        if not as_dataarray:
+            return array
+        return to_dataarray(array, path, backend, self.stat(path, backend))
 
     # -- plumbing --------------------------------------------------------
     def _placement(self, backend: Any) -> Placement:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ArrayOptions", "BatchPart", "Placement"]
 
-#: The zarr-style options of ``save_array``: chunks, shards, compressor, overwrite, compute.
+#: The options of ``save_array``: chunks, shards, compressor, overwrite, compute, resume, dimension_names, attributes.
 ArrayOptions = dict[str, Any]
 
 

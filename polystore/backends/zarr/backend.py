@@ -21,9 +21,12 @@ import numpy as np
 
 from polystore.backend import PathLike, StorageBackend, check_batch_lengths, check_batch_paths
 from polystore.backends.disk import TEMP_PREFIX
+from polystore.backends.zarr.commits import COMMITS, clear_commits, read_commits, record_commit
 from polystore.backends.zarr.create import (
     array_layout,
     as_array,
+    check_attributes,
+    check_dimension_names,
     check_zarr_dtype,
     compressor_name,
     compressors_for,
@@ -37,6 +40,7 @@ from polystore.backends.zarr.regions import (
     load_selection,
     region_writer,
     settle_pending_writes,
+    write_slices,
 )
 from polystore.backends.zarr.swap import directory_identity, discard, tree_size
 from polystore.backends.zarr.tree import ARRAY, DIRECTORY, OTHER, ArrayTree
@@ -70,7 +74,7 @@ _READ_ATTEMPTS = 5
 #: How many opened arrays a backend keeps for reuse (cleared when full).
 _OPENED_LIMIT = 64
 #: The options ``save`` takes besides ``overwrite``; any other is refused, naming these.
-_SAVE_OPTIONS = ("chunks", "shards", "compressor", "attributes", "region")
+_SAVE_OPTIONS = ("chunks", "shards", "compressor", "attributes", "dimension_names", "region")
 #: The options ``load`` takes.
 _LOAD_OPTIONS = ("region",)
 
@@ -207,6 +211,7 @@ class ZarrBackend(StorageBackend):
         shards: tuple[int, ...] | None = None,
         compressor: str | None = "zstd",
         attributes: dict[str, Any] | None = None,
+        dimension_names: Sequence[str | None] | None = None,
         region: Any = None,
         **kwargs: Any,
     ) -> None:
@@ -230,7 +235,11 @@ class ZarrBackend(StorageBackend):
             ``"zstd"`` (level 0, zarr's default), ``"blosc-lz4"``, ``"gzip"``
             or ``None`` for no compression.
         attributes
-            JSON-serializable metadata kept in the array's ``zarr.json``.
+            Metadata kept in the array's ``zarr.json``: a dict of JSON values
+            (numpy scalars and arrays are stored as Python numbers and lists).
+        dimension_names
+            One name (str, or None) per dimension, kept in the array's v3
+            metadata, where xarray reads its dimensions from.
         region
             Write ``data`` into this region (a tuple of slices with step 1;
             missing trailing dimensions are whole) of the existing array at
@@ -241,7 +250,9 @@ class ZarrBackend(StorageBackend):
             float32) but not overflow, and casts across kinds (float into
             int) are refused.
             ``overwrite`` and ``compressor`` are ignored; ``chunks``,
-            ``shards`` and ``attributes`` must not be given.
+            ``shards``, ``attributes`` and ``dimension_names`` must not be
+            given. A region write into an array marked incomplete is recorded
+            once all its chunks are stored (see :meth:`committed_regions`).
 
         Notes
         -----
@@ -265,17 +276,19 @@ class ZarrBackend(StorageBackend):
             A name in ``path`` is longer than 255 bytes.
         ValueError
             Unknown compressor, chunks or shards that are not positive (one
-            per dimension, shards a multiple of chunks); with ``region``: a
+            per dimension, shards a multiple of chunks), dimension_names not
+            one per dimension; with ``region``: a
             region outside the array, a block of another shape or values that
             do not fit the array's dtype (the array is left unchanged).
         TypeError
-            An option the zarr backend does not take; with ``region``: a cast
-            across kinds (the array is left unchanged).
+            An option the zarr backend does not take, attributes JSON cannot
+            hold; with ``region``: a cast across kinds (the array is left
+            unchanged).
         """
         self._plan_save(
             data, path, overwrite,
-            {"chunks": chunks, "shards": shards, "compressor": compressor, "attributes": attributes, "region": region,
-             **kwargs},
+            {"chunks": chunks, "shards": shards, "compressor": compressor, "attributes": attributes,
+             "dimension_names": dimension_names, "region": region, **kwargs},
             check_state=False,
         )()
 
@@ -310,26 +323,29 @@ class ZarrBackend(StorageBackend):
         if unknown:
             raise _unexpected_options("save", unknown, path, _SAVE_OPTIONS)
         chunks, shards, attributes = options.get("chunks"), options.get("shards"), options.get("attributes")
-        region = options.get("region")
+        dimension_names, region = options.get("dimension_names"), options.get("region")
         target = self._tree.resolve(path)
         if region is not None:
             array = as_array(data, path)
-            if chunks is not None or shards is not None or attributes is not None:
+            if any(option is not None for option in (chunks, shards, attributes, dimension_names)):
                 raise TypeError(
-                    f"zarr backend: chunks, shards and attributes apply when creating an array, "
+                    f"zarr backend: chunks, shards, attributes and dimension_names apply when creating an array, "
                     f"not to a region write into the existing one at {os.fspath(path)!r}; leave them out"
                 )
-            return region_writer(self._open(target, path, mode="r+"), array, region, str(path))
+            return self._region_write(target, path, array, region)
         self._tree.check_new_name(target, path)
         array = as_array(data, path)
         codecs = compressors_for(options.get("compressor", "zstd"))
         layout = array_layout(array.shape, array.dtype, chunks, shards, path)
+        names = check_dimension_names(dimension_names, layout[0], path)
+        attributes = check_attributes(attributes, path)
         if check_state:
             self._tree.check_free(target, path, overwrite)
 
         def write(temp: Path) -> None:
             created = create_zarr_array(
-                temp, layout, array.dtype, compressors=codecs, fill_value=None, attributes=attributes
+                temp, layout, array.dtype, compressors=codecs, fill_value=None, attributes=attributes,
+                dimension_names=names,
             )
             if array.size:
                 try:
@@ -339,6 +355,20 @@ class ZarrBackend(StorageBackend):
                     raise
 
         return lambda: self._tree.build(target, path, overwrite, write)
+
+    def _region_write(self, target: Path, path: PathLike, block: np.ndarray, region: Any) -> Callable[[], None]:
+        """The checked write of ``block`` into ``region`` of the array at ``target``, recorded if it is incomplete."""
+        array = self._open(target, path, mode="r+")
+        write = region_writer(array, block, region, str(path))
+        if not array.attrs.get(INCOMPLETE):
+            return write
+        slices = write_slices(region, array.shape, str(path))
+
+        def write_and_record() -> None:
+            write()
+            record_commit(target, slices)  # only once every chunk of the region is stored
+
+        return write_and_record
 
     def create_array(
         self,
@@ -351,6 +381,7 @@ class ZarrBackend(StorageBackend):
         compressor: str | None = "zstd",
         fill_value: Any = 0,
         attributes: dict[str, Any] | None = None,
+        dimension_names: Sequence[str | None] | None = None,
         overwrite: bool = False,
         incomplete: bool = False,
     ) -> zarr.Array:
@@ -363,7 +394,9 @@ class ZarrBackend(StorageBackend):
         default chunks. With ``incomplete``, the array is marked incomplete
         (the attribute ``"polystore.incomplete"``): :meth:`load` refuses it
         and :meth:`stat` says so until :meth:`complete_array` is called, so
-        an array whose writers did not all finish is never read as whole.
+        an array whose writers did not all finish is never read as whole;
+        each region write into it is recorded once finished
+        (:meth:`committed_regions`), so a later run can write only the rest.
 
         Returns
         -------
@@ -390,16 +423,20 @@ class ZarrBackend(StorageBackend):
         check_zarr_dtype(dtype, path)
         codecs = compressors_for(compressor)
         layout = array_layout(shape, dtype, chunks, shards, path)
+        names = check_dimension_names(dimension_names, layout[0], path)
+        attributes = check_attributes(attributes, path)
         if incomplete:
             attributes = {**(attributes or {}), INCOMPLETE: True}
-        self._tree.build(
-            target,
-            path,
-            overwrite,
-            lambda temp: create_zarr_array(
-                temp, layout, dtype, compressors=codecs, fill_value=fill_value, attributes=attributes
-            ),
-        )
+
+        def write(temp: Path) -> None:
+            create_zarr_array(
+                temp, layout, dtype, compressors=codecs, fill_value=fill_value, attributes=attributes,
+                dimension_names=names,
+            )
+            if incomplete:
+                (temp / COMMITS).mkdir()  # here, so the first record does not change the array directory
+
+        self._tree.build(target, path, overwrite, write)
         return self._open(target, path, mode="r+")
 
     def complete_array(self, path: PathLike) -> None:
@@ -413,15 +450,40 @@ class ZarrBackend(StorageBackend):
         self._tree.require_array(target, path, "complete")
         metadata_path = target / "zarr.json"
         metadata = json.loads(metadata_path.read_text())
-        if INCOMPLETE not in metadata.get("attributes", {}):
-            return
-        del metadata["attributes"][INCOMPLETE]
-        temp = target / f"{TEMP_PREFIX}zarr.json-{uuid.uuid4().hex}"
-        temp.write_text(json.dumps(metadata, indent=2))
-        os.replace(temp, metadata_path)
+        if INCOMPLETE in metadata.get("attributes", {}):
+            del metadata["attributes"][INCOMPLETE]
+            temp = target / f"{TEMP_PREFIX}zarr.json-{uuid.uuid4().hex}"
+            temp.write_text(json.dumps(metadata, indent=2))
+            os.replace(temp, metadata_path)
+        clear_commits(target)  # also those a complete_array killed right after the rename left
+
+    def committed_regions(self, path: PathLike) -> list[tuple[slice, ...]]:
+        """The regions of the incomplete array at ``path`` whose writes finished.
+
+        A region write (``save(block, path, region=...)``) into an array
+        made by ``create_array(..., incomplete=True)`` is recorded once all
+        its chunks are stored; a write killed part-way leaves no record, even
+        though some of its chunk files may be new. ``save_array(...,
+        resume=True)`` writes only what these regions do not cover. A
+        complete array has none.
+
+        Returns
+        -------
+        list of tuple of slice
+            One ``slice(start, stop)`` per dimension for each region.
+        """
+        target = self._tree.resolve(path)
+        self._tree.require_array(target, path, "read the committed regions of")
+        return read_commits(target)
 
     def ensure_directory(self, path: PathLike) -> None:
-        # docstring inherited
+        """Create the directory ``path`` and its parents, each a zarr v3 group (idempotent).
+
+        A directory already at ``path`` that is not a group (one made by
+        another tool) is made one: its group ``zarr.json`` is added, which
+        listings never show, so ``xr.open_zarr(path)`` opens the arrays in it.
+        Existing parents are left as they are.
+        """
         target = self._tree.resolve(path)
         check_name_lengths(os.fspath(path), "zarr")
         kind = self._tree.kind(target)
@@ -429,6 +491,7 @@ class ZarrBackend(StorageBackend):
             what = "a zarr array" if kind == ARRAY else "a file"
             raise FileExistsError(errno.EEXIST, f"zarr backend: {what} exists at this path", str(path))
         self._tree.make_directories(target, path)
+        self._tree.make_group(target)
 
     def delete(self, path: PathLike, *, recursive: bool = False) -> None:
         """Delete an array (its whole directory), or a directory (with ``recursive`` if not empty)."""
@@ -646,9 +709,11 @@ class ZarrBackend(StorageBackend):
 
         An array's ``size`` is the bytes its files take (compressed chunks and
         metadata), its ``mtime`` that of its ``zarr.json``; it also has
-        ``shape``, ``dtype``, ``chunks``, ``shards`` (None unless sharded) and
-        ``compressor`` (a name :meth:`save` takes). A directory's ``size`` is
-        0, as on every backend.
+        ``shape``, ``dtype``, ``chunks``, ``shards`` (None unless sharded),
+        ``compressor`` (a name :meth:`save` takes), ``incomplete``,
+        ``dimension_names`` (None if not stored) and ``attributes`` (without
+        polystore's own incomplete mark). A directory's ``size`` is 0, as on
+        every backend.
         """
         target = self._tree.resolve(path)
         kind = self._tree.kind(target)
@@ -659,6 +724,9 @@ class ZarrBackend(StorageBackend):
         if kind == DIRECTORY:
             return {"type": "directory", "size": 0, "mtime": os.stat(target).st_mtime}
         array = self._open(target, path, mode="r")
+        attributes = dict(array.attrs)
+        incomplete = bool(attributes.pop(INCOMPLETE, False))
+        names = getattr(array.metadata, "dimension_names", None)  # v3 metadata (this backend writes no other)
         return {
             "type": "file",
             "size": tree_size(target),
@@ -668,6 +736,8 @@ class ZarrBackend(StorageBackend):
             "chunks": array.chunks,
             "shards": array.shards,
             "compressor": compressor_name(array),
-            "incomplete": bool(array.attrs.get(INCOMPLETE)),
+            "incomplete": incomplete,
+            "dimension_names": None if names is None else tuple(names),
+            "attributes": attributes,
         }
 

@@ -5,9 +5,10 @@ zarr is imported here on first use only, so ``import polystore`` stays light.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,8 @@ __all__ = [
     "COMPRESSORS",
     "array_layout",
     "as_array",
+    "check_attributes",
+    "check_dimension_names",
     "check_zarr_dtype",
     "compressor_name",
     "compressors_for",
@@ -261,6 +264,67 @@ def array_layout(
     return shape, chunks, shards
 
 
+def check_dimension_names(
+    dimension_names: Any, shape: tuple[int, ...], path: PathLike
+) -> tuple[str | None, ...] | None:
+    """``dimension_names`` as a tuple with one str (or None) per dimension of ``shape``, or None if not given.
+
+    Raises ``TypeError`` (not a sequence of str) or ``ValueError`` (not one
+    per dimension), before anything is created.
+    """
+    if dimension_names is None:
+        return None
+    if isinstance(dimension_names, (str, bytes)) or not isinstance(dimension_names, Sequence) or not all(
+        name is None or isinstance(name, str) for name in dimension_names
+    ):
+        raise TypeError(
+            f"zarr backend: dimension_names {dimension_names!r} for the array at {str(path)!r} must be a sequence "
+            "of str (or None), one per dimension, such as ('time', 'y', 'x')"
+        )
+    if len(dimension_names) != len(shape):
+        raise ValueError(
+            f"zarr backend: dimension_names {tuple(dimension_names)!r} for the array at {str(path)!r} must give "
+            f"one name per dimension, and the array of shape {shape} has {len(shape)}"
+        )
+    return tuple(dimension_names)
+
+
+def check_attributes(attributes: Any, path: PathLike) -> dict[str, Any] | None:
+    """``attributes`` as a JSON-ready dict (numpy scalars and arrays become Python values), or None.
+
+    Raises ``TypeError`` naming the first key whose value JSON cannot hold,
+    before anything is created.
+    """
+    if attributes is None:
+        return None
+    if not isinstance(attributes, Mapping) or not all(isinstance(key, str) for key in attributes):
+        raise TypeError(
+            f"zarr backend: attributes for the array at {str(path)!r} must be a dict with str keys, "
+            f"not {type(attributes).__name__}"
+        )
+    ready = {key: _json_ready(value) for key, value in attributes.items()}
+    for key, value in ready.items():
+        try:
+            json.dumps(value, allow_nan=True)
+        except (TypeError, ValueError) as error:
+            raise TypeError(
+                f"zarr backend: attribute {key!r} of the array at {str(path)!r} cannot be stored in its "
+                f"zarr.json ({error}); give JSON values: str, numbers, bool, None, lists and dicts of them"
+            ) from None
+    return ready
+
+
+def _json_ready(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays (as xarray attributes often hold) turned into Python values."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(item) for item in value]
+    return value
+
+
 def create_zarr_array(
     path: Path | zarr.abc.store.Store,
     layout: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...] | None],
@@ -269,13 +333,15 @@ def create_zarr_array(
     compressors: Any,
     fill_value: Any,
     attributes: dict[str, Any] | None,
+    dimension_names: tuple[str | None, ...] | None = None,
 ) -> zarr.Array:
     """Create a zarr v3 array in a local directory that holds no array yet (or at the root of a zarr store).
 
-    ``layout`` is what :func:`array_layout` returned and ``compressors`` what
-    :func:`compressors_for` returned. Arrays in a bucket are made in a
-    ``MemoryStore`` first, for their metadata (see
-    :mod:`~polystore.backends.zarr.bucket`).
+    ``layout`` is what :func:`array_layout` returned, ``compressors`` what
+    :func:`compressors_for` returned, ``attributes`` and ``dimension_names``
+    what :func:`check_attributes` and :func:`check_dimension_names`
+    returned. Arrays in a bucket are made in a ``MemoryStore`` first, for
+    their metadata (see :mod:`~polystore.backends.zarr.bucket`).
     """
     zarr = import_zarr()
     from zarr.storage import LocalStore
@@ -295,6 +361,7 @@ def create_zarr_array(
         shards=shards,
         compressors=compressors,
         attributes=attributes,
+        dimension_names=dimension_names,
         zarr_format=3,
         **options,
     )

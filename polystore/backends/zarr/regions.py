@@ -21,6 +21,7 @@ __all__ = [
     "load_selection",
     "region_writer",
     "settle_pending_writes",
+    "write_slices",
 ]
 
 
@@ -52,7 +53,7 @@ def _outside(region: Any, shape: tuple[int, ...], path: str, detail: str) -> Val
     )
 
 
-def _region_slices(region: Any, shape: tuple[int, ...], path: str) -> tuple[slice, ...]:
+def write_slices(region: Any, shape: tuple[int, ...], path: str) -> tuple[slice, ...]:
     """Return ``region`` as one ``slice(start, stop)`` per dimension, inside ``shape``."""
     items = region if isinstance(region, tuple) else (region,)
     if len(items) > len(shape):
@@ -81,7 +82,7 @@ def region_writer(target: zarr.Array, block: np.ndarray, region: Any, path: str)
     Nothing is written until the returned function is called, so a batch can
     check every block first.
     """
-    slices = _region_slices(region, target.shape, path)
+    slices = write_slices(region, target.shape, path)
     expected = tuple(item.stop - item.start for item in slices)
     if block.shape != expected:
         raise ValueError(

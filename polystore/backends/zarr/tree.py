@@ -1,13 +1,21 @@
 """The zarr backend's view of a directory tree: arrays are files, the rest directories.
 
-:class:`ArrayTree` resolves paths, tells arrays from directories and puts
-finished array directories in place atomically; it knows nothing of zarr
-beyond the ``zarr.json`` that marks an array.
+:class:`ArrayTree` resolves paths, tells arrays from directories, puts
+finished array directories in place atomically and makes every directory it
+creates a zarr v3 group; it knows nothing of zarr beyond the ``zarr.json``
+that marks an array or a group.
+
+A directory is created with its group ``zarr.json`` already inside: it is
+filled under a hidden temporary name and renamed into place, so no reader
+(and no killed writer) ever leaves a directory of polystore's without it.
+Directories made by other tools are left as they are, unless
+:meth:`ArrayTree.make_group` is asked to make one a group.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import stat as stat_module
@@ -30,7 +38,10 @@ from polystore.backends.zarr.swap import (
 from polystore.errors import InvalidPathError, UnsupportedFormatError
 from polystore.paths import check_name_lengths, confine, names_a_directory
 
-__all__ = ["ARRAY", "DIRECTORY", "OTHER", "ArrayTree"]
+__all__ = ["ARRAY", "DIRECTORY", "GROUP_METADATA", "OTHER", "ArrayTree"]
+
+#: The ``zarr.json`` of a zarr v3 group with no attributes, as every directory the backend creates holds.
+GROUP_METADATA = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}, indent=2)
 
 #: What :meth:`ArrayTree.kind` finds at a path: a zarr array, a directory
 #: (plain or a zarr group), or another file (one this backend did not write).
@@ -189,15 +200,60 @@ class ArrayTree:
 
     # -- creating --------------------------------------------------------
     def make_directories(self, directory: Path, path: PathLike) -> None:
-        """Create ``directory`` and its parents, refusing to do so inside an array."""
+        """Create ``directory`` and its missing parents, each a zarr v3 group, refusing to do so inside an array.
+
+        Directories that exist already are left as they are.
+        """
         if is_array_dir(directory) or self.array_ancestor(directory) is not None:
             raise NotADirectoryError(errno.ENOTDIR, "zarr backend: a parent of this path is a zarr array", str(path))
+        missing = []
+        current = directory
+        while True:
+            try:
+                is_directory = stat_module.S_ISDIR(os.stat(current).st_mode)
+            except FileNotFoundError:
+                missing.append(current)
+                current = current.parent
+                continue
+            except NotADirectoryError:
+                is_directory = False
+            if not is_directory:
+                raise NotADirectoryError(errno.ENOTDIR, "zarr backend: a parent of this path is a file", str(path))
+            break
+        for folder in reversed(missing):
+            self._create_group(folder, path)
+
+    @staticmethod
+    def _create_group(folder: Path, path: PathLike) -> None:
+        """Put a new group at ``folder``, its ``zarr.json`` in it from the start (one made meanwhile will do)."""
+        with claimed_sibling(folder) as temp:  # claimed until in place: cleanup() leaves it alone
+            try:
+                (temp / "zarr.json").write_text(GROUP_METADATA)
+                rename_noreplace(temp, folder)
+            except FileExistsError:
+                shutil.rmtree(temp, ignore_errors=True)
+                if not os.path.isdir(folder):
+                    raise NotADirectoryError(
+                        errno.ENOTDIR, "zarr backend: a parent of this path is a file", str(path)
+                    ) from None
+            except BaseException:
+                shutil.rmtree(temp, ignore_errors=True)
+                raise
+
+    @staticmethod
+    def make_group(directory: Path) -> None:
+        """Make the existing ``directory`` a zarr v3 group, if it has no ``zarr.json`` yet (one is never replaced)."""
+        metadata = directory / "zarr.json"
+        if os.path.lexists(metadata):
+            return
+        temp = directory / f"{TEMP_PREFIX}zarr.json-{os.getpid()}-{time.monotonic_ns()}"
+        temp.write_text(GROUP_METADATA)
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise NotADirectoryError(
-                errno.ENOTDIR, "zarr backend: a parent of this path is a file", str(path)
-            ) from None
+            rename_noreplace(temp, metadata)
+        except FileExistsError:
+            pass  # another writer made it a group meanwhile
+        finally:
+            temp.unlink(missing_ok=True)
 
     def build(self, target: Path, path: PathLike, overwrite: bool, write: Callable[[Path], object]) -> None:
         """Run ``write(temp)`` to fill a hidden sibling of ``target``, then put it in place.
