@@ -67,7 +67,8 @@ class ArrayTree:
     def kind(self, target: Path) -> str | None:
         """:data:`ARRAY`, :data:`DIRECTORY`, :data:`OTHER` or None if missing.
 
-        Paths inside an array (its chunk files) count as missing.
+        Paths inside an array (its chunk files) and a group's own
+        ``zarr.json`` count as missing, as listings never show them.
         """
         try:
             mode = os.stat(target).st_mode
@@ -76,7 +77,7 @@ class ArrayTree:
         if self.array_ancestor(target) is not None:
             return None
         if not stat_module.S_ISDIR(mode):
-            return OTHER
+            return None if target.name == "zarr.json" else OTHER
         return ARRAY if is_array_dir(target) else DIRECTORY
 
     def array_ancestor(self, target: Path) -> Path | None:
