@@ -89,6 +89,23 @@ def test_pipeline_on_an_existing_scheduler_removes_its_temporary_output(tmp_path
     assert output and not Path(output.group(1)).exists()
 
 
+def test_xarray_pipeline_saves_a_dataset_xarray_reopens_and_reduces(tmp_path: Path) -> None:
+    import xarray as xr
+
+    output = tmp_path / "out"
+    result = run_example("xarray_pipeline.py", "--days", "40", "--size", "32", "--output", str(output), cwd=tmp_path)
+    assert "saved 4 arrays" in result.stdout and "reopened with xr.open_zarr" in result.stdout
+    assert "load_array(as_dataarray=True): temperature ('time', 'lat', 'lon') K" in result.stdout
+    equator, south, north = map(float, re.search(
+        r"zonal mean: equator ([\d.]+) K, poles ([\d.]+) K and ([\d.]+) K", result.stdout
+    ).groups())
+    assert equator > south and equator > north  # warmer towards the equator, as the field is made
+    dataset = xr.open_zarr(output / "climate.zarr", consolidated=False)
+    assert dict(dataset.sizes) == {"time": 40, "lat": 16, "lon": 32}
+    assert dataset["temperature"].attrs["units"] == "K" and "lat" in dataset.coords
+    assert 230 < float(dataset["temperature"].mean()) < 310
+
+
 def test_quickstart_runs(tmp_path: Path) -> None:
     result = run_example("quickstart.py", cwd=tmp_path)
     assert "backends:" in result.stdout
