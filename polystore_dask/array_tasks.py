@@ -147,7 +147,7 @@ def array_info(backend: str, path: Any, origin: str | None) -> dict[str, Any]:
         raise ValueError(
             f"{backend} backend: load_array refuses the array at {str(path)!r}: it is incomplete (the save_array "
             "that made it did not finish, so parts of it may hold only the fill value); write it again with "
-            "save_array(..., overwrite=True)"
+            "save_array(..., overwrite=True), or finish it with save_array(..., resume=True)"
         )
     if not {"shape", "dtype", "chunks"} <= stat.keys():
         raise UnsupportedFormatError(

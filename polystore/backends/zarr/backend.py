@@ -65,7 +65,7 @@ def incomplete_error(path: PathLike) -> ValueError:
     return ValueError(
         f"zarr backend: the array at {os.fspath(path)!r} is incomplete: the save_array (or writes after "
         "create_array(..., incomplete=True)) that made it did not finish, so parts of it may hold only the "
-        "fill value; write it again with overwrite=True"
+        "fill value; write it again with overwrite=True, or finish it with save_array(..., resume=True)"
     )
 
 
