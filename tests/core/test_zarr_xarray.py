@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from polystore import BackendRegistry, FileManager, ZarrBackend
+from polystore import BackendRegistry, FileManager, InvalidPathError, ZarrBackend
 from polystore.testing import BackendTests
 
 
@@ -131,7 +131,22 @@ def test_group_metadata_never_shows_and_groups_are_directories(backend):
     assert backend.is_dir("g/sub") and not backend.is_file("g/sub")
     assert backend.stat("g/sub") == {"type": "directory", "size": 0, "mtime": backend.stat("g/sub")["mtime"]}
     for hidden in ("g/zarr.json", "g/sub/zarr.json"):
-        assert not backend.exists(hidden)
+        assert (backend.exists(hidden), backend.is_file(hidden), backend.is_dir(hidden)) == (False, False, False)
+        with pytest.raises(FileNotFoundError):
+            backend.delete(hidden)
+
+
+def test_no_array_or_directory_is_made_with_the_name_zarr_json(backend, tmp_path):
+    backend.ensure_directory("g")
+    for make in (
+        lambda: backend.save(np.ones(2), "g/zarr.json"),
+        lambda: backend.create_array("zarr.json/a.zarr", (2,), "f8", None),
+        lambda: backend.ensure_directory("g/zarr.json/deeper"),
+        lambda: backend.copy("g", "zarr.json", recursive=True),
+    ):
+        with pytest.raises(InvalidPathError, match="'zarr.json' is reserved"):
+            make()
+    assert group_metadata(tmp_path / "g")["node_type"] == "group" and backend.list_dir(".") == ["g"]
 
 
 def test_groups_are_deleted_copied_and_cleaned_up_like_directories(backend, tmp_path):

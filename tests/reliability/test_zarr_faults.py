@@ -159,7 +159,7 @@ def test_save_failing_mid_write_leaves_no_array_and_no_temp_dir(backend: ZarrBac
         with file_size_limit():
             backend.save(half_compressible(), "out/interrupted.zarr", chunks=(32, 32))
     assert not backend.exists("out/interrupted.zarr")
-    assert os.listdir(tmp_path / "out") == []
+    assert os.listdir(tmp_path / "out") == ["zarr.json"]  # only the metadata of the group the save created
 
 
 def test_overwrite_failing_mid_write_keeps_the_old_array(backend: ZarrBackend, tmp_path: Path) -> None:
@@ -192,7 +192,7 @@ def test_killed_writer_leftovers_are_hidden_and_cleaned_up(backend: ZarrBackend,
     assert backend.list_dir("d") == ["kept.zarr"] and backend.list_files("d") == ["d/kept.zarr"]
     assert backend.cleanup(older_than=3600) == []
     assert backend.cleanup() == [str(leftover)]
-    assert sorted(os.listdir(tmp_path / "d")) == ["kept.zarr"]
+    assert sorted(os.listdir(tmp_path / "d")) == ["kept.zarr", "zarr.json"]  # d is a zarr group
 
 
 # -- damaged arrays ---------------------------------------------------------------------

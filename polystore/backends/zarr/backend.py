@@ -43,7 +43,7 @@ from polystore.backends.zarr.regions import (
     write_slices,
 )
 from polystore.backends.zarr.swap import directory_identity, discard, tree_size
-from polystore.backends.zarr.tree import ARRAY, DIRECTORY, OTHER, ArrayTree
+from polystore.backends.zarr.tree import ARRAY, DIRECTORY, OTHER, ArrayTree, check_not_metadata
 from polystore.paths import PathSpelling, check_name_lengths, filter_names, sort_names
 
 if TYPE_CHECKING:
@@ -485,6 +485,7 @@ class ZarrBackend(StorageBackend):
         Existing parents are left as they are.
         """
         target = self._tree.resolve(path)
+        check_not_metadata(os.fspath(path))
         check_name_lengths(os.fspath(path), "zarr")
         kind = self._tree.kind(target)
         if kind in (ARRAY, OTHER):

@@ -38,7 +38,7 @@ from polystore.backends.zarr.swap import (
 from polystore.errors import InvalidPathError, UnsupportedFormatError
 from polystore.paths import check_name_lengths, confine, names_a_directory
 
-__all__ = ["ARRAY", "DIRECTORY", "GROUP_METADATA", "OTHER", "ArrayTree"]
+__all__ = ["ARRAY", "DIRECTORY", "GROUP_METADATA", "OTHER", "ArrayTree", "check_not_metadata"]
 
 #: The ``zarr.json`` of a zarr v3 group with no attributes, as every directory the backend creates holds.
 GROUP_METADATA = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}, indent=2)
@@ -46,6 +46,15 @@ GROUP_METADATA = json.dumps({"zarr_format": 3, "node_type": "group", "attributes
 #: What :meth:`ArrayTree.kind` finds at a path: a zarr array, a directory
 #: (plain or a zarr group), or another file (one this backend did not write).
 ARRAY, DIRECTORY, OTHER = "array", "directory", "other"
+
+
+def check_not_metadata(path: str) -> None:
+    """Refuse a path to create with a part named ``zarr.json``: that name is every group's and array's metadata."""
+    if "zarr.json" in path.split("/"):
+        raise InvalidPathError(
+            "zarr backend: the name 'zarr.json' is reserved for the metadata of zarr arrays and groups (every "
+            f"directory the backend creates is a group), so no array or directory can be made with it: {path!r}"
+        )
 
 
 class ArrayTree:
@@ -173,8 +182,9 @@ class ArrayTree:
 
     # -- checks before writing -------------------------------------------
     def check_new_name(self, target: Path, path: PathLike) -> None:
-        """Refuse, before any I/O, a path no array can be created at: a directory's name, or a name too long."""
+        """Refuse, before any I/O, a path no array can be made at: a directory's name, ``zarr.json``, a long name."""
         text = os.fspath(path)
+        check_not_metadata(text)
         if names_a_directory(text) or target == self.root:
             raise IsADirectoryError(
                 errno.EISDIR,
