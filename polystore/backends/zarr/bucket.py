@@ -43,6 +43,8 @@ from polystore.backends.zarr.bucket_tree import (
 from polystore.backends.zarr.create import (
     array_layout,
     as_array,
+    check_attributes,
+    check_dimension_names,
     check_zarr_dtype,
     compressor_name,
     compressors_for,
@@ -270,13 +272,13 @@ class BucketZarrBackend(ZarrBackend):
         if unknown:
             raise _unexpected_options("save", unknown, path, _SAVE_OPTIONS)
         chunks, shards, attributes = options.get("chunks"), options.get("shards"), options.get("attributes")
-        region = options.get("region")
+        dimension_names, region = options.get("dimension_names"), options.get("region")
         if region is not None:
             key = self._key(path)
             array = as_array(data, path)
-            if chunks is not None or shards is not None or attributes is not None:
+            if any(option is not None for option in (chunks, shards, attributes, dimension_names)):
                 raise TypeError(
-                    f"zarr backend: chunks, shards and attributes apply when creating an array, "
+                    f"zarr backend: chunks, shards, attributes and dimension_names apply when creating an array, "
                     f"not to a region write into the existing one at {os.fspath(path)!r}; leave them out"
                 )
             return region_writer(self._open_bucket_array(key, path, fresh=True), array, region, str(path))
@@ -284,6 +286,8 @@ class BucketZarrBackend(ZarrBackend):
         array = as_array(data, path)
         codecs = compressors_for(options.get("compressor", "zstd"))
         layout = array_layout(array.shape, array.dtype, chunks, shards, path)
+        names = check_dimension_names(dimension_names, layout[0], path)
+        attributes = check_attributes(attributes, path)
         if check_state:
             self._bucket.raise_if_taken(self._bucket.kind(key, path), path, overwrite)
             self._bucket.check_parents(key, path)
@@ -296,18 +300,21 @@ class BucketZarrBackend(ZarrBackend):
                     settle_pending_writes()
                     raise
 
-        metadata = self._new_metadata(layout, array.dtype, codecs, None, attributes)
+        metadata = self._new_metadata(layout, array.dtype, codecs, None, attributes, names)
         return lambda: self._build(key, path, overwrite, metadata, write)
 
     @staticmethod
-    def _new_metadata(layout: Any, dtype: Any, codecs: Any, fill_value: Any, attributes: Any) -> tuple[Any, bytes]:
+    def _new_metadata(
+        layout: Any, dtype: Any, codecs: Any, fill_value: Any, attributes: Any, dimension_names: Any
+    ) -> tuple[Any, bytes]:
         """The metadata of a new array, and its ``zarr.json``, made in memory by the local backend's own code."""
         import_zarr()
         from zarr.storage import MemoryStore
 
         memory = MemoryStore()
         made = create_zarr_array(
-            memory, layout, dtype, compressors=codecs, fill_value=fill_value, attributes=attributes
+            memory, layout, dtype, compressors=codecs, fill_value=fill_value, attributes=attributes,
+            dimension_names=dimension_names,
         )
         return made.metadata, memory._store_dict[METADATA].to_bytes()
 
@@ -355,6 +362,7 @@ class BucketZarrBackend(ZarrBackend):
         compressor: str | None = "zstd",
         fill_value: Any = 0,
         attributes: dict[str, Any] | None = None,
+        dimension_names: Sequence[str | None] | None = None,
         overwrite: bool = False,
         incomplete: bool = False,
     ) -> zarr.Array:
@@ -367,9 +375,11 @@ class BucketZarrBackend(ZarrBackend):
         check_zarr_dtype(dtype, path)
         codecs = compressors_for(compressor)
         layout = array_layout(shape, dtype, chunks, shards, path)
+        names = check_dimension_names(dimension_names, layout[0], path)
+        attributes = check_attributes(attributes, path)
         if incomplete:
             attributes = {**(attributes or {}), INCOMPLETE: True}
-        metadata = self._new_metadata(layout, dtype, codecs, fill_value, attributes)
+        metadata = self._new_metadata(layout, dtype, codecs, fill_value, attributes, names)
         return self._build(key, path, overwrite, metadata, lambda _: None)
 
     def complete_array(self, path: PathLike) -> None:
@@ -391,6 +401,13 @@ class BucketZarrBackend(ZarrBackend):
         del document["attributes"][INCOMPLETE]
         body = with_nonce(json.dumps(document, indent=2).encode())
         self._client.put(posixpath.join(key, METADATA), body, path, overwrite=True)
+
+    def committed_regions(self, path: PathLike) -> list[tuple[slice, ...]]:
+        """None: region writes into an array in a bucket are not recorded, so a resume there writes every block."""
+        key = self._key(path)
+        if self._bucket.kind(key, path) in (None, PENDING):
+            raise self._bucket.missing(path)
+        return []
 
     def ensure_directory(self, path: PathLike) -> None:
         # docstring inherited
@@ -641,6 +658,9 @@ class BucketZarrBackend(ZarrBackend):
         if kind == DIRECTORY:
             return {"type": "directory", "size": 0}
         array = self._open_bucket_array(key, path, fresh=True)
+        attributes = dict(array.attrs)
+        incomplete = bool(attributes.pop(INCOMPLETE, False))
+        names = getattr(array.metadata, "dimension_names", None)
         entries = self._bucket.keys_below(key, path)
         metadata = [entry for entry in entries if entry["path"] == f"{key}/{METADATA}"]
         return {
@@ -652,7 +672,9 @@ class BucketZarrBackend(ZarrBackend):
             "chunks": array.chunks,
             "shards": array.shards,
             "compressor": compressor_name(array),
-            "incomplete": bool(array.attrs.get(INCOMPLETE)),
+            "incomplete": incomplete,
+            "dimension_names": None if names is None else tuple(names),
+            "attributes": attributes,
         }
 
 
