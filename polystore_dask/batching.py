@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import numpy as np
 from distributed import Client, Future
 
-__all__ = ["BATCH_BYTES", "group_items", "holders", "holders_of", "items_per_task", "nbytes", "ship"]
+__all__ = ["BATCH_BYTES", "group_items", "holders", "holders_of", "items_per_task", "nbytes", "ship", "ship_parts"]
 
 #: At most this much inline data goes into one batch task.
 BATCH_BYTES = 64 << 20
@@ -17,6 +17,14 @@ BATCH_BYTES = 64 << 20
 #: Inline data at least this big is scattered to its worker rather than
 #: embedded in the task graph (which distributed warns about from 10 MiB).
 SCATTER_BYTES = 8 << 20
+
+#: A batch part at least this big on the wire travels scattered, straight to its worker: the task
+#: graph then stays small, and the scheduler never holds (or unpickles) the data.
+PART_SCATTER_BYTES = 1 << 20
+
+#: What one small item adds to its part when serialised, beyond its bytes (a numpy array's header
+#: and pickle framing): a part of many tiny items is big on the wire though its data is not.
+ITEM_OVERHEAD = 128
 
 Place = TypeVar("Place", bound=Hashable)
 
@@ -105,6 +113,43 @@ def ship(client: Client, data: Any, pin: list[str] | None) -> Any:
     future = _scatter(client, data, pin)
     _replicate(client, [future])
     return future
+
+
+def ship_parts(
+    client: Client, parts: Sequence[list[Any]], pins: Sequence[list[str] | None], *, workers: int
+) -> list[list[Any] | Future]:
+    """Ship the items of each batch part to the worker that will save them, all parts at once.
+
+    Returns, for each part, its items (small parts travel inline, as
+    :func:`ship` decides) or one Future holding them on its pinned worker.
+    Parts going to one worker travel in one scatter, sent by the client
+    straight to that worker (unless the client was made with
+    ``direct_to_workers=False``); then every scattered part is replicated
+    to a second worker in one call, as :func:`ship` does for one part.
+    ``workers`` is how many workers the cluster has.
+    """
+    shipped: list[list[Any] | Future] = list(parts)
+    by_pin: dict[tuple[str, ...] | None, list[int]] = {}
+    for index, items in enumerate(parts):
+        if any(isinstance(item, Future) for item in items):
+            shipped[index] = ship(client, items, pins[index])
+        elif sum(map(nbytes, items)) + ITEM_OVERHEAD * len(items) >= PART_SCATTER_BYTES or any(
+            map(_changed_by_pickle, items)
+        ):
+            by_pin.setdefault(None if pins[index] is None else tuple(pins[index] or ()), []).append(index)
+    direct = client.direct_to_workers is not False
+    scattered: list[Future] = []
+    for destination, indices in by_pin.items():
+        futures = client.scatter(
+            [parts[index] for index in indices], workers=None if destination is None else list(destination),
+            hash=False, direct=direct,
+        )
+        for index, future in zip(indices, futures, strict=True):
+            shipped[index] = future
+        scattered += futures
+    if scattered and workers > 1:
+        client.replicate(scattered, n=2)
+    return shipped
 
 
 def _scatter(client: Client, data: Any, pin: list[str] | None) -> Future:

@@ -58,7 +58,8 @@ class ProcessOwners:
         with self._lock:
             if owner is None or self._owners.get(key) == owner:
                 self._drop(key)
-            if inside:
+            if inside and key in self._inside:
+                # Only a directory has paths inside: a file's delete stays as cheap however many paths are known.
                 prefix = key + "/" if key else ""
                 for other in [other for other in self._owners if other.startswith(prefix)]:
                     self._drop(other)

@@ -18,7 +18,7 @@ from distributed import Future
 
 from polystore.backend import PathLike
 from polystore_dask import array_graphs
-from polystore_dask.batching import group_items, holders_of, items_per_task, nbytes, ship
+from polystore_dask.batching import group_items, holders_of, items_per_task, nbytes, ship, ship_parts
 from polystore_dask.ordering import OrderedTasks
 from polystore_dask.owners import ProcessOwners
 from polystore_dask.placement import ArrayOptions, BatchPart, Placement
@@ -71,13 +71,20 @@ class ProcessPlacement(Placement):
             self.owners.live(key[1], workers) or workers.at(held.get(index, "")) for index, key in enumerate(keys)
         ]
         groups = group_items(places, items_per_task(len(keys), len(workers)), [nbytes(data) for data in data_list])
-        parts = []
+        chosen = []
         for place, positions in groups:
             owner = place or self.owners.next_worker(workers)
             for index in positions:
                 self.owners.set(keys[index][1], owner)
-            items = ship(self.client, [data_list[index] for index in positions], [owner.address])
-            parts.append(BatchPart(positions, items, [owner.address], owner))
+            chosen.append(owner)
+        shipped = ship_parts(
+            self.client, [[data_list[index] for index in positions] for _, positions in groups],
+            [[owner.address] for owner in chosen], workers=len(workers),
+        )
+        parts = [
+            BatchPart(positions, items, [owner.address], owner)
+            for (_, positions), items, owner in zip(groups, shipped, chosen, strict=True)
+        ]
         return self.submit_batch(parts, paths, keys, options)
 
     def ensure_directory(self, path: PathLike) -> Future:

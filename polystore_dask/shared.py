@@ -10,7 +10,7 @@ from distributed import Future
 
 from polystore.backend import PathLike
 from polystore_dask import array_graphs
-from polystore_dask.batching import group_items, holders, holders_of, items_per_task, nbytes, ship
+from polystore_dask.batching import group_items, holders, holders_of, items_per_task, nbytes, ship, ship_parts
 from polystore_dask.placement import ArrayOptions, BatchPart, Placement
 from polystore_dask.tasks import call
 from polystore_dask.workers import Workers
@@ -39,14 +39,20 @@ class SharedPlacement(Placement):
         places = [workers.at(held.get(index, "")) for index in range(len(keys))]
         groups = group_items(places, items_per_task(len(keys), len(workers)), [nbytes(data) for data in data_list])
         running = workers.running()
-        parts = []
-        for part, (owner, positions) in enumerate(groups):
+        pins = []
+        for part, (owner, _) in enumerate(groups):
             # A part whose data is not on a worker yet goes to the next worker in turn: its
             # data, its check and its save then stay on that worker.
             place = owner or (running[part % len(running)] if running else None)
-            pin = None if place is None else [place.address]
-            items = ship(self.client, [data_list[index] for index in positions], pin)
-            parts.append(BatchPart(positions, items, pin, None))
+            pins.append(None if place is None else [place.address])
+        shipped = ship_parts(
+            self.client, [[data_list[index] for index in positions] for _, positions in groups], pins,
+            workers=len(workers),
+        )
+        parts = [
+            BatchPart(positions, items, pin, None)
+            for (_, positions), items, pin in zip(groups, shipped, pins, strict=True)
+        ]
         return self.submit_batch(parts, paths, keys, options)
 
     def ensure_directory(self, path: PathLike) -> Future:

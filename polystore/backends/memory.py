@@ -22,7 +22,7 @@ __all__ = ["MemoryBackend"]
 _STORABLE = (np.ndarray, np.generic, bytes, str, dict)
 
 #: Keys of str paths a save accepted before (normalised, not naming a directory), so
-#: the next save of one skips those checks: they would dominate a sub-microsecond save.
+#: the next save or load of one skips those checks: they would dominate a sub-microsecond call.
 _SAVE_KEYS: dict[str, str] = {}
 _SAVE_KEYS_LIMIT = 65536
 
@@ -274,7 +274,10 @@ class MemoryBackend(StorageBackend):
     # -- reading ---------------------------------------------------------
     def load(self, path: PathLike, **kwargs: Any) -> Any:
         # docstring inherited
-        key = normalize_key(path, "memory")
+        # A path saved before has its key ready: the lookup is a tenth of a normalisation.
+        key = _SAVE_KEYS.get(path) if type(path) is str else None
+        if key is None:
+            key = normalize_key(path, "memory")
         if kwargs:
             raise TypeError(
                 f"memory backend: load of {str(path)!r} got unexpected options {sorted(kwargs)}; it takes none"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -364,6 +366,20 @@ def test_batch_items_that_are_futures_stay_on_their_worker(client, dfm, tmp_path
     dfm.save_batch(items, paths, "memory").result()
     assert memory_paths_on(client, tmp_path.name)[holder] == paths
     assert [float(item[0]) for item in dfm.load_batch(paths, "memory").result()] == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_a_large_batch_from_the_client_travels_outside_the_task_graph(client, dfm, tmp_path, caplog):
+    # 3000 x 64 KiB: 192 MiB made on the client. Sent inside the graph, distributed would warn
+    # "Sending large graph of size ..." (a UserWarning on the client, and a log line).
+    data = [np.full(8192, index, dtype=np.float64) for index in range(3000)]
+    paths = [str(tmp_path / "large" / f"{index:04d}.npy") for index in range(3000)]
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        dfm.save_batch(data, paths, "disk").result()
+    assert [str(warning.message) for warning in caught if "large graph" in str(warning.message)] == []
+    assert [record.message for record in caplog.records if "large graph" in record.getMessage()] == []
+    for index in (0, 1499, 2999):
+        np.testing.assert_array_equal(np.load(paths[index]), data[index])
 
 
 # -- paths --------------------------------------------------------------------

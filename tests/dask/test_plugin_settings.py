@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from distributed import Client
 
-from polystore_dask import DaskFileManager, PolystorePlugin
-from tests._cluster import PATIENCE, cluster_client
+from polystore_dask import DaskFileManager, PolystorePlugin, get_registry
+from tests._cluster import PATIENCE, cluster_client, worker_addresses
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +71,41 @@ def test_credentials_in_plugin_options_are_never_shown(client):
     with pytest.raises(ValueError) as caught:
         client.register_plugin(PolystorePlugin(options=options))
     assert secret not in str(caught.value) and "AKIDEXAMPLE" not in str(caught.value)
+
+
+def _pipelines_on_the_worker(path: str) -> tuple[str, str, str]:
+    """On a worker: the pipeline of an array its zarr backend creates, of one it loads, and zarr's setting."""
+    import zarr
+
+    backend = get_registry()["zarr"]
+    made = backend.create_array(path, (4,), "int16", (2,), overwrite=True)
+    backend.save(np.arange(4, dtype="int16"), path, region=(slice(0, 4),))
+    assert backend.load(path).tolist() == [0, 1, 2, 3]
+    opened = backend._open(backend._tree.resolve(path), path, mode="r")
+    return (type(made.async_array.codec_pipeline).__name__, type(opened.async_array.codec_pipeline).__name__,
+            zarr.config.get("codec_pipeline.path"))
+
+
+def _every_worker(client: Client, path: Path) -> dict[str, tuple[str, str, str]]:
+    return {
+        address: client.submit(_pipelines_on_the_worker, str(path / f"{index}.zarr"), workers=[address],
+                               pure=False).result(timeout=PATIENCE)
+        for index, address in enumerate(worker_addresses(client))
+    }
+
+
+@pytest.mark.parametrize(("options", "expected"), [({}, "ZarrsCodecPipeline"),
+                                                   ({"zarr": {"codec_pipeline": "zarr"}}, "BatchedCodecPipeline")])
+def test_every_worker_uses_the_chosen_codec_pipeline_also_after_joining_late_or_restarting(
+    client, tmp_path: Path, options, expected
+):
+    client.register_plugin(PolystorePlugin(options=options))
+    zarr_own = "zarr.core.codec_pipeline.BatchedCodecPipeline"
+    assert set(_every_worker(client, tmp_path / "first").values()) == {(expected, expected, zarr_own)}
+    client.restart_workers(worker_addresses(client), timeout=PATIENCE)
+    client.wait_for_workers(1, timeout=PATIENCE)
+    assert set(_every_worker(client, tmp_path / "restarted").values()) == {(expected, expected, zarr_own)}
+    # A worker that joins late (left in the module's cluster: scaling down races distributed's own bookkeeping).
+    client.cluster.scale(2)
+    client.wait_for_workers(2, timeout=PATIENCE)
+    assert set(_every_worker(client, tmp_path / "late").values()) == {(expected, expected, zarr_own)}

@@ -26,12 +26,15 @@ from polystore.backends.zarr.create import (
     array_layout,
     as_array,
     check_attributes,
+    check_codec_pipeline,
     check_dimension_names,
     check_zarr_dtype,
+    codec_pipeline_in_force,
     compressor_name,
     compressors_for,
     create_zarr_array,
     import_zarr,
+    os_error_of,
     stored_dtype,
 )
 from polystore.backends.zarr.regions import (
@@ -129,6 +132,16 @@ class ZarrBackend(StorageBackend):
         any I/O. Without it, relative paths resolve against the working
         directory. An ``s3://bucket/prefix`` URL keeps the arrays in that
         bucket instead (see below).
+    codec_pipeline
+        How chunks of a local array are encoded and decoded: ``"zarrs"``
+        (the default), the Rust pipeline of the zarrs package, several times
+        faster for uncompressed data and every read; or ``"zarr"``, the
+        pipeline ``zarr.config`` names (zarr-python's own unless you set
+        another). The files are the same either way, and what zarrs does not
+        support (some dtypes, codecs, selections) zarr-python does in its
+        place. Only the arrays this backend opens use it: zarr's own setting
+        stays as it was for every other array in the process. Arrays in a
+        bucket use zarr's own pipeline.
     store_options
         Only with an ``s3://`` root: the options of :class:`S3Backend` but
         the bucket and prefix (``endpoint``, ``region``, ``access_key_id``,
@@ -164,7 +177,9 @@ class ZarrBackend(StorageBackend):
     stored_kinds: ClassVar[frozenset[str]] = frozenset({"array"})
     supports_regions: ClassVar[bool] = True
 
-    def __new__(cls, root: str | os.PathLike[str] | None = None, store_options: dict[str, Any] | None = None) -> Any:
+    def __new__(
+        cls, root: str | os.PathLike[str] | None = None, store_options: dict[str, Any] | None = None, **kwargs: Any
+    ) -> Any:
         # An s3:// root keeps the arrays in a bucket: that backend lives in its own module.
         if cls is ZarrBackend and is_bucket_url(root):
             from polystore.backends.zarr.bucket import BucketZarrBackend
@@ -173,7 +188,11 @@ class ZarrBackend(StorageBackend):
         return super().__new__(cls)
 
     def __init__(
-        self, root: str | os.PathLike[str] | None = None, store_options: dict[str, Any] | None = None
+        self,
+        root: str | os.PathLike[str] | None = None,
+        store_options: dict[str, Any] | None = None,
+        *,
+        codec_pipeline: str = "zarrs",
     ) -> None:
         if store_options is not None:
             raise TypeError(
@@ -185,6 +204,7 @@ class ZarrBackend(StorageBackend):
                 f"zarr backend: root {root!r} is a URL, and only s3:// URLs are supported (root='s3://bucket/prefix')"
             )
         self.root: Path | None = None if root is None else Path(os.path.realpath(root))
+        self.codec_pipeline = check_codec_pipeline(codec_pipeline)
         self._tree = ArrayTree(self.root)
         # Opened arrays by (directory, mode, directory identity): opening reads
         # zarr.json, which costs as much as a tenth of reading a 4 MiB chunk.
@@ -193,7 +213,8 @@ class ZarrBackend(StorageBackend):
         self._opened_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"ZarrBackend(root={None if self.root is None else str(self.root)!r})"
+        root = None if self.root is None else str(self.root)
+        return f"ZarrBackend(root={root!r}, codec_pipeline={self.codec_pipeline!r})"
 
     @property
     def path_spelling(self) -> PathSpelling:
@@ -346,12 +367,16 @@ class ZarrBackend(StorageBackend):
             created = create_zarr_array(
                 temp, layout, array.dtype, compressors=codecs, fill_value=None, attributes=attributes,
                 dimension_names=names,
+                codec_pipeline=self.codec_pipeline,
             )
             if array.size:
                 try:
                     created[...] = array
-                except BaseException:
+                except BaseException as error:
                     settle_pending_writes()
+                    refused = os_error_of(error)
+                    if refused is not None:
+                        raise refused from error
                     raise
 
         return lambda: self._tree.build(target, path, overwrite, write)
@@ -431,7 +456,7 @@ class ZarrBackend(StorageBackend):
         def write(temp: Path) -> None:
             create_zarr_array(
                 temp, layout, dtype, compressors=codecs, fill_value=fill_value, attributes=attributes,
-                dimension_names=names,
+                dimension_names=names, codec_pipeline=self.codec_pipeline,
             )
             if incomplete:
                 (temp / COMMITS).mkdir()  # here, so the first record does not change the array directory
@@ -595,7 +620,8 @@ class ZarrBackend(StorageBackend):
             # A writable LocalStore would create a missing directory.
             self._tree.require_array(target, path, "write into")
         try:
-            return zarr.open_array(store=LocalStore(target, read_only=mode == "r"), mode=mode, zarr_format=3)
+            with codec_pipeline_in_force(self.codec_pipeline, target):
+                return zarr.open_array(store=LocalStore(target, read_only=mode == "r"), mode=mode, zarr_format=3)
         except Exception:
             # Say why (missing, a directory, another file); an array that
             # fails to open keeps zarr's own error.
@@ -660,17 +686,29 @@ class ZarrBackend(StorageBackend):
             # zarr gives a 0-d selection as a scalar (a bytes_ scalar loses its
             # width) and every array in native byte order: give back the dtype stored.
             return np.asarray(array[selection], dtype=stored_dtype(array))
-        except OSError:
-            raise
+        except OSError as error:
+            if error.errno is not None:
+                raise  # the filesystem's own error
+            # zarrs reports an undecodable chunk as an OSError with no errno.
+            position = find_unreadable_chunk(array, selection)
+            if position is None:
+                raise
+            raise self._corrupt(target, path, array, position, error) from error
         except Exception as error:
             position = find_unreadable_chunk(array, selection)
             if position is None:
                 raise
-            chunk_file = target / array.metadata.encode_chunk_key(position)
-            raise ValueError(
-                f"zarr backend: cannot read chunk file {str(chunk_file)!r} of the array at "
-                f"{str(path)!r}; it is truncated or corrupt ({type(error).__name__}: {error})"
-            ) from error
+            raise self._corrupt(target, path, array, position, error) from error
+
+    @staticmethod
+    def _corrupt(
+        target: Path, path: PathLike, array: zarr.Array, position: tuple[int, ...], error: Exception
+    ) -> ValueError:
+        chunk_file = target / array.metadata.encode_chunk_key(position)
+        return ValueError(
+            f"zarr backend: cannot read chunk file {str(chunk_file)!r} of the array at "
+            f"{str(path)!r}; it is truncated or corrupt ({type(error).__name__}: {error})"
+        )
 
     def exists(self, path: PathLike) -> bool:
         # docstring inherited

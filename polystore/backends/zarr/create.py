@@ -5,10 +5,14 @@ zarr is imported here on first use only, so ``import polystore`` stays light.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import re
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -23,22 +27,35 @@ if TYPE_CHECKING:
     import zarr.abc.store
 
 __all__ = [
+    "CODEC_PIPELINES",
     "COMPRESSORS",
     "array_layout",
     "as_array",
     "check_attributes",
+    "check_codec_pipeline",
     "check_dimension_names",
     "check_zarr_dtype",
+    "codec_pipeline_in_force",
     "compressor_name",
     "compressors_for",
     "create_zarr_array",
     "default_chunks",
     "import_zarr",
+    "os_error_of",
     "stored_dtype",
 ]
 
 #: The compressor names ``save`` and ``create_array`` accept (and ``None``).
 COMPRESSORS = ("zstd", "blosc-lz4", "gzip")
+
+#: The codec pipelines ``ZarrBackend(codec_pipeline=...)`` takes, with the zarr setting each puts in force:
+#: ``"zarrs"``, the Rust pipeline of the zarrs package (zarr-python falls back to its own for what zarrs
+#: does not support), or ``"zarr"``, whatever ``zarr.config`` names (zarr-python's own unless set).
+CODEC_PIPELINES = {"zarrs": "zarrs.ZarrsCodecPipeline", "zarr": None}
+
+#: zarr's config is one dict for the whole process: our opens and creates take turns setting it, so
+#: two threads' settings never interleave and the previous value is always the one put back.
+_PIPELINE_LOCK = threading.RLock()
 
 #: What a default chunk aims to hold; evening chunks out can leave a quarter of it.
 _TARGET_CHUNK_BYTES = 4 * 2**20
@@ -53,6 +70,63 @@ def import_zarr() -> ModuleType:
             "the zarr backend needs zarr>=3.1; install it with: pip install 'zarr>=3.1'"
         ) from error
     return zarr
+
+
+_OS_ERROR_NUMBER = re.compile(r"\(os error (\d+)\)")
+
+
+def os_error_of(error: BaseException) -> OSError | None:
+    """The OSError a failed chunk write stands for, or None.
+
+    zarrs reports the OS refusing a write (disk full, file too large) as a
+    RuntimeError ending ``(os error 27)``; callers expect the OSError that
+    zarr-python's own pipeline raises.
+    """
+    if isinstance(error, RuntimeError):
+        match = _OS_ERROR_NUMBER.search(str(error))
+        if match:
+            return OSError(int(match.group(1)), str(error))
+    return None
+
+
+def check_codec_pipeline(name: str) -> str:
+    """Return ``name`` if it is one of :data:`CODEC_PIPELINES`, else raise ValueError naming them."""
+    if name not in CODEC_PIPELINES:
+        raise ValueError(
+            f"zarr backend: unknown codec_pipeline {name!r}; use 'zarrs' (the fast Rust pipeline, the default) "
+            "or 'zarr' (the one zarr.config names, zarr-python's own unless you set it)"
+        )
+    return name
+
+
+@contextlib.contextmanager
+def codec_pipeline_in_force(name: str, directory: Path) -> Iterator[None]:
+    """Put the codec pipeline ``name`` in force while the array at ``directory`` is created or opened.
+
+    zarr fixes an array's pipeline when it is created or opened, so only the
+    arrays opened inside this block use it: zarr's setting is put back on
+    exit, and arrays opened elsewhere in the process keep the user's own.
+    zarrs takes only UTF-8 paths: an array at a path with undecodable bytes
+    (``os.fsdecode``'s surrogates) keeps zarr's own pipeline.
+    """
+    path = CODEC_PIPELINES[name]
+    if path is None or not _is_utf8(str(directory)):
+        yield
+        return
+    zarr = import_zarr()
+    # zarrs warns when it hands an array to zarr-python's pipeline (strings, bytes, structured dtypes):
+    # polystore chose zarrs, not the user, and the data is the same either way, so that is no news to them.
+    warnings.filterwarnings("ignore", "Array is unsupported by ZarrsCodecPipeline", UserWarning, "zarrs")
+    with _PIPELINE_LOCK, zarr.config.set({"codec_pipeline.path": path}):
+        yield
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def as_array(data: Any, path: PathLike) -> np.ndarray:
@@ -334,6 +408,7 @@ def create_zarr_array(
     fill_value: Any,
     attributes: dict[str, Any] | None,
     dimension_names: tuple[str | None, ...] | None = None,
+    codec_pipeline: str = "zarrs",
 ) -> zarr.Array:
     """Create a zarr v3 array in a local directory that holds no array yet (or at the root of a zarr store).
 
@@ -341,7 +416,9 @@ def create_zarr_array(
     :func:`compressors_for` returned, ``attributes`` and ``dimension_names``
     what :func:`check_attributes` and :func:`check_dimension_names`
     returned. Arrays in a bucket are made in a ``MemoryStore`` first, for
-    their metadata (see :mod:`~polystore.backends.zarr.bucket`).
+    their metadata (see :mod:`~polystore.backends.zarr.bucket`). The array returned uses
+    ``codec_pipeline`` if it is in a local directory (see
+    :func:`codec_pipeline_in_force`), zarr's own pipeline otherwise.
     """
     zarr = import_zarr()
     from zarr.storage import LocalStore
@@ -353,18 +430,24 @@ def create_zarr_array(
         from zarr.codecs import BytesCodec
 
         options["serializer"] = BytesCodec(endian=endian)  # kept in the metadata, read back by stored_dtype
-    return zarr.create_array(
-        store=LocalStore(path) if isinstance(path, Path) else path,
-        shape=shape,
-        dtype=dtype,
-        chunks=chunks,
-        shards=shards,
-        compressors=compressors,
-        attributes=attributes,
-        dimension_names=dimension_names,
-        zarr_format=3,
-        **options,
-    )
+    if isinstance(path, Path):
+        store: Any = LocalStore(path)
+        in_force = codec_pipeline_in_force(codec_pipeline, path)
+    else:
+        store, in_force = path, codec_pipeline_in_force("zarr", Path())
+    with in_force:
+        return zarr.create_array(
+            store=store,
+            shape=shape,
+            dtype=dtype,
+            chunks=chunks,
+            shards=shards,
+            compressors=compressors,
+            attributes=attributes,
+            dimension_names=dimension_names,
+            zarr_format=3,
+            **options,
+        )
 
 
 def _as_shape(value: Any, what: str, shape: tuple[int, ...] | None, path: PathLike) -> tuple[int, ...]:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from polystore.backends.zarr.create import import_zarr
+from polystore.backends.zarr.create import import_zarr, os_error_of
 
 if TYPE_CHECKING:
     import zarr
@@ -93,7 +93,13 @@ def region_writer(target: zarr.Array, block: np.ndarray, region: Any, path: str)
 
     def write() -> None:
         if block.size:
-            target[slices] = block
+            try:
+                target[slices] = block
+            except RuntimeError as error:
+                refused = os_error_of(error)
+                if refused is not None:
+                    raise refused from error
+                raise
 
     return write
 
