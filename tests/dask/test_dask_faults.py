@@ -167,6 +167,21 @@ def test_a_task_knows_it_is_run_again_after_its_worker_died(client, tmp_path):
     assert running.result(timeout=PATIENCE) is True
 
 
+def spread_ones(client) -> da.Array:
+    """A (40, 40) array of ones in 8 blocks, computed half on each worker, so each worker holds blocks.
+
+    Left to the scheduler, a loaded machine can run every block on one
+    worker, and a test of a lost block then has no worker to kill.
+    """
+    addresses = worker_addresses(client)
+    blocks = [
+        client.submit(np.ones, (5, 40), workers=[addresses[index % len(addresses)]], pure=False)
+        for index in range(8)
+    ]
+    client.gather(client.map(len, blocks))  # every block computed where it was pinned
+    return da.concatenate([da.from_delayed(dask.delayed(block), (5, 40), float) for block in blocks])
+
+
 def holding(client, key: str) -> dict[str, list[str]]:
     """Each worker's memory entries inside ``key``."""
 
@@ -180,7 +195,7 @@ def holding(client, key: str) -> dict[str, list[str]]:
 @pytest.mark.parametrize("lost", ["the layout", "a block"])
 def test_a_memory_array_saved_without_compute_names_the_worker_it_lost(client, dfm, tmp_path, lost):
     key = f"{tmp_path.name}/arr"
-    dask.compute(dfm.save_array(da.ones((40, 40), chunks=(5, 40)), key, "memory", compute=False))
+    dask.compute(dfm.save_array(spread_ones(client), key, "memory", compute=False))
     held = holding(client, key)
     victim = next(address for address, names in held.items() if (".array" in names) == (lost == "the layout") and names)
     kill_worker(client, victim)
@@ -208,7 +223,7 @@ def test_a_load_batch_counts_every_path_lost_with_a_worker(client, dfm, tmp_path
 @pytest.mark.parametrize("lost", ["the layout", "a block"])
 def test_a_memory_array_names_the_worker_it_lost(client, dfm, tmp_path, lost, manager):
     key = f"{tmp_path.name}/arr"
-    dfm.save_array(da.ones((40, 40), chunks=(5, 40)), key, "memory")
+    dfm.save_array(spread_ones(client), key, "memory")
     held = holding(client, key)
     victim = next(address for address, names in held.items() if (".array" in names) == (lost == "the layout") and names)
     kill_worker(client, victim)
