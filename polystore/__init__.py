@@ -1,4 +1,4 @@
-"""polystore: one storage API over pluggable backends (memory, disk, zarr, s3).
+"""polystore: one storage API over pluggable backends (memory, disk, zarr, s3, scratch).
 
 Importing polystore imports neither zarr, obstore nor dask: the zarr and s3
 backends import theirs when first used.
@@ -10,6 +10,7 @@ from polystore.backend import ReadOnlyBackend, StorageBackend
 from polystore.backends.disk import DiskBackend
 from polystore.backends.memory import MemoryBackend
 from polystore.backends.s3 import S3Backend
+from polystore.backends.scratch import ScratchBackend
 from polystore.backends.zarr import ZarrBackend
 from polystore.errors import (
     BackendNotFoundError,
@@ -34,6 +35,7 @@ __all__ = [
     "ReadOnlyBackend",
     "ReadOnlyError",
     "S3Backend",
+    "ScratchBackend",
     "StorageBackend",
     "UnsupportedFormatError",
     "ZarrBackend",

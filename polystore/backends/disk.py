@@ -129,10 +129,11 @@ class DiskBackend(StorageBackend):
 
     def _resolve(self, path: PathLike) -> str:
         """Return the absolute filesystem path for ``path`` (confined to the root)."""
-        target = os.fspath(confine(path, self.root, "disk"))
+        target = os.fspath(confine(path, self.root, self.name))
         if os.path.basename(target).startswith(TEMP_PREFIX):
             raise InvalidPathError(
-                f"disk backend: names starting with {TEMP_PREFIX!r} are reserved for temporary files: {str(path)!r}"
+                f"{self.name} backend: names starting with {TEMP_PREFIX!r} are reserved for temporary files: "
+                f"{str(path)!r}"
             )
         return target
 
@@ -142,11 +143,11 @@ class DiskBackend(StorageBackend):
         if names_a_directory(text) or (self.root is not None and target == str(self.root)):
             raise IsADirectoryError(
                 errno.EISDIR,
-                "disk backend: this path names a directory (the root, or a last part '.' or '..'); "
+                f"{self.name} backend: this path names a directory (the root, or a last part '.' or '..'); "
                 "give the file its own name, such as 'images/a.npy'",
                 text,
             )
-        check_name_lengths(text, "disk")
+        check_name_lengths(text, self.name)
 
     def _resolve_all(self, paths: Sequence[PathLike]) -> list[str]:
         """:meth:`_resolve` each path, resolving each distinct parent directory once.
@@ -161,14 +162,14 @@ class DiskBackend(StorageBackend):
         inside: set[str] = set()
         targets = []
         for path in paths:
-            candidate = os.path.abspath(os.path.join(root, as_path_string(path, "disk")))
+            candidate = os.path.abspath(os.path.join(root, as_path_string(path, self.name)))
             parent, name = os.path.split(candidate)
             if parent in inside and not name.startswith(TEMP_PREFIX) and not os.path.islink(candidate):
                 targets.append(candidate)
                 continue
             targets.append(self._resolve(path))
             try:
-                confine(parent, self.root, "disk")
+                confine(parent, self.root, self.name)
             except InvalidPathError:
                 continue  # the path is the root itself, whose parent lies outside
             inside.add(parent)
@@ -206,7 +207,7 @@ class DiskBackend(StorageBackend):
     def _encode(self, data: Any, target: str, path: PathLike, options: dict[str, Any]) -> Payload:
         """Check the name, then the data against the suffix; return what to write. No I/O but on an error."""
         self._check_new_name(target, path)
-        return encode(data, target, path, options)
+        return encode(data, target, path, options, self.name)
 
     def _check_free(self, target: str, path: PathLike, overwrite: bool) -> None:
         """Raise what writing ``target`` would raise, as the filesystem is now (one ``lstat``)."""
@@ -220,7 +221,7 @@ class DiskBackend(StorageBackend):
             raise self._is_directory(path)
         if not overwrite:
             raise FileExistsError(
-                errno.EEXIST, "disk backend: path exists; pass overwrite=True to replace it", str(path)
+                errno.EEXIST, f"{self.name} backend: path exists; pass overwrite=True to replace it", str(path)
             )
 
     def _write(self, payload: Payload, target: str, path: PathLike, overwrite: bool) -> None:
@@ -245,7 +246,7 @@ class DiskBackend(StorageBackend):
                     reason = error.strerror or str(error)
                     raise OSError(
                         error.errno,
-                        f"disk backend: writing failed part-way ({reason}); the path is unchanged",
+                        f"{self.name} backend: writing failed part-way ({reason}); the path is unchanged",
                         str(path),
                     ) from error
                 self._commit(temp, target, path, overwrite)
@@ -254,7 +255,7 @@ class DiskBackend(StorageBackend):
             if error.errno == errno.ENAMETOOLONG:  # the OS names the temporary file
                 raise OSError(
                     errno.ENAMETOOLONG,
-                    "disk backend: the path is too long for this filesystem; use a shorter path",
+                    f"{self.name} backend: the path is too long for this filesystem; use a shorter path",
                     str(path),
                 ) from None
             raise
@@ -292,7 +293,7 @@ class DiskBackend(StorageBackend):
 
     def _parent_is_file(self, path: PathLike) -> NotADirectoryError:
         return NotADirectoryError(
-            errno.ENOTDIR, "disk backend: a parent of this path is a file, not a directory", str(path)
+            errno.ENOTDIR, f"{self.name} backend: a parent of this path is a file, not a directory", str(path)
         )
 
     def _commit(self, source: str, target: str, path: PathLike, overwrite: bool) -> None:
@@ -313,17 +314,17 @@ class DiskBackend(StorageBackend):
                 if os.path.isdir(target):
                     raise self._is_directory(path) from None
                 raise FileExistsError(
-                    errno.EEXIST, "disk backend: path exists; pass overwrite=True to replace it", str(path)
+                    errno.EEXIST, f"{self.name} backend: path exists; pass overwrite=True to replace it", str(path)
                 ) from None
             os.unlink(source)
         if self.fsync:
             _fsync_directory(os.path.dirname(target))
 
     def _is_directory(self, path: PathLike) -> IsADirectoryError:
-        return IsADirectoryError(errno.EISDIR, "disk backend: a directory exists at this path", str(path))
+        return IsADirectoryError(errno.EISDIR, f"{self.name} backend: a directory exists at this path", str(path))
 
     def _missing(self, path: PathLike) -> FileNotFoundError:
-        return FileNotFoundError(errno.ENOENT, "disk backend: nothing is stored at this path", str(path))
+        return FileNotFoundError(errno.ENOENT, f"{self.name} backend: nothing is stored at this path", str(path))
 
     def ensure_directory(self, path: PathLike) -> None:
         # docstring inherited
@@ -331,7 +332,7 @@ class DiskBackend(StorageBackend):
         try:
             os.makedirs(target, exist_ok=True)
         except FileExistsError:
-            raise FileExistsError(errno.EEXIST, "disk backend: a file exists at this path", str(path)) from None
+            raise FileExistsError(errno.EEXIST, f"{self.name} backend: a file exists at this path", str(path)) from None
         except NotADirectoryError:
             raise self._parent_is_file(path) from None
 
@@ -339,7 +340,7 @@ class DiskBackend(StorageBackend):
         # docstring inherited
         target = self._resolve(path)
         if self.root is not None and target == str(self.root):
-            raise IsADirectoryError(errno.EISDIR, "disk backend: cannot delete the root directory", str(path))
+            raise IsADirectoryError(errno.EISDIR, f"{self.name} backend: cannot delete the root directory", str(path))
         try:
             if not stat_module.S_ISDIR(os.lstat(target).st_mode):
                 os.unlink(target)
@@ -355,7 +356,7 @@ class DiskBackend(StorageBackend):
             hint = "pass recursive=True"
             if not self.list_dir(path):
                 hint = "it holds only temporary files of unfinished writes; call cleanup() or pass recursive=True"
-            raise OSError(errno.ENOTEMPTY, f"disk backend: directory is not empty; {hint}", str(path)) from None
+            raise OSError(errno.ENOTEMPTY, f"{self.name} backend: directory is not empty; {hint}", str(path)) from None
 
     def copy(self, src: PathLike, dst: PathLike, *, overwrite: bool = False, recursive: bool = False) -> None:
         # docstring inherited
@@ -376,7 +377,9 @@ class DiskBackend(StorageBackend):
         except (FileNotFoundError, NotADirectoryError):
             raise self._missing(src) from None
         if is_directory:
-            raise IsADirectoryError(errno.EISDIR, "disk backend: copy and move take files, not directories", str(src))
+            raise IsADirectoryError(
+                errno.EISDIR, f"{self.name} backend: copy and move take files, not directories", str(src)
+            )
         self._check_new_name(target, dst)
         self._make_directories(os.path.dirname(target), dst)
         try:
@@ -396,7 +399,7 @@ class DiskBackend(StorageBackend):
             raise self._missing(path) from None
         except IsADirectoryError:
             raise IsADirectoryError(
-                errno.EISDIR, "disk backend: this path is a directory, not a file", str(path)
+                errno.EISDIR, f"{self.name} backend: this path is a directory, not a file", str(path)
             ) from None
 
     def load(self, path: PathLike, **kwargs: Any) -> Any:
@@ -412,16 +415,16 @@ class DiskBackend(StorageBackend):
         kind = FORMATS.get(os.path.splitext(target)[1].lower(), "bytes")
         if kwargs and kind != "tiff":
             raise TypeError(
-                f"disk backend: load of {str(path)!r} got unexpected options {sorted(kwargs)}; "
+                f"{self.name} backend: load of {str(path)!r} got unexpected options {sorted(kwargs)}; "
                 "only .tif/.tiff files take options (tifffile's)"
             )
         with self._open_for_reading(target, path) as stream:
             if kind == "tiff":
-                return read_tiff(stream, path, kwargs)
+                return read_tiff(stream, path, kwargs, self.name)
             if kind == "npy":
                 return read_npy(stream, path)
             if kind == "npz":
-                return read_npz(stream, path)
+                return read_npz(stream, path, self.name)
             content = stream.read()
         if kind == "bytes":
             return content
@@ -429,7 +432,7 @@ class DiskBackend(StorageBackend):
             return content.decode("utf-8") if kind == "txt" else json.loads(content)
         except ValueError as error:
             raise ValueError(
-                f"disk backend: {str(path)!r} is not valid {'UTF-8 text' if kind == 'txt' else 'JSON'}: {error}"
+                f"{self.name} backend: {str(path)!r} is not valid {'UTF-8 text' if kind == 'txt' else 'JSON'}: {error}"
             ) from error
 
     def exists(self, path: PathLike) -> bool:
@@ -450,14 +453,18 @@ class DiskBackend(StorageBackend):
             with os.scandir(directory) as entries:
                 return [entry for entry in entries if not entry.name.startswith(TEMP_PREFIX)]
         except FileNotFoundError:
-            raise FileNotFoundError(errno.ENOENT, "disk backend: no directory at this path", str(path)) from None
+            raise FileNotFoundError(
+                errno.ENOENT, f"{self.name} backend: no directory at this path", str(path)
+            ) from None
         except NotADirectoryError:
             if os.path.isfile(directory):
                 raise NotADirectoryError(
-                    errno.ENOTDIR, "disk backend: this path is a file, not a directory", str(path)
+                    errno.ENOTDIR, f"{self.name} backend: this path is a file, not a directory", str(path)
                 ) from None
             # A path below a file does not exist, as on every backend.
-            raise FileNotFoundError(errno.ENOENT, "disk backend: no directory at this path", str(path)) from None
+            raise FileNotFoundError(
+                errno.ENOENT, f"{self.name} backend: no directory at this path", str(path)
+            ) from None
 
     def list_files(
         self,
@@ -525,7 +532,7 @@ class DiskBackend(StorageBackend):
         """
         if directory is None:
             if self.root is None:
-                raise TypeError("disk backend: cleanup() needs a directory when the backend has no root")
+                raise TypeError(f"{self.name} backend: cleanup() needs a directory when the backend has no root")
             top = str(self.root)
         else:
             top = self._resolve(directory)

@@ -213,7 +213,7 @@ def test_a_fresh_process_sees_exactly_the_shipped_backends_and_writes_no_cache(t
         HOME=str(tmp_path / "home"),
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "['disk', 'memory', 's3', 'zarr']"
+    assert result.stdout.strip() == "['disk', 'memory', 's3', 'scratch', 'zarr']"
     assert not (tmp_path / "cache").exists()
     assert not (tmp_path / "home" / ".cache").exists()
 
