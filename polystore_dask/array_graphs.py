@@ -3,8 +3,8 @@
 Two kinds of backend hold arrays. One that stores arrays by region
 (``supports_regions``, as zarr) gets an array created first, then one task
 per block writing whole chunks (whole shards) into it; one that keeps data
-per process gets each block kept on the worker that computed it, with the
-array's layout beside the blocks. Every step that touches the stored array
+per process (or per host) gets each block kept on the worker (the host)
+that computed it, with the array's layout beside the blocks. Every step that touches the stored array
 before the graph runs (creating it, reading its layout, finding what
 exists) is submitted through :class:`~polystore_dask.ordering.OrderedTasks`,
 so it follows the unfinished operations on that path like any other.
@@ -30,6 +30,7 @@ from polystore.backend import PathLike
 from polystore.errors import UnsupportedFormatError
 from polystore_dask.array_tasks import (
     LAYOUT,
+    LAYOUT_FILE,
     METADATA,
     array_info,
     create_array,
@@ -45,10 +46,10 @@ from polystore_dask.array_tasks import (
 )
 from polystore_dask.errors import lost_error
 from polystore_dask.ordering import OrderedTasks
-from polystore_dask.owners import ProcessOwners
+from polystore_dask.owners import Owners
 from polystore_dask.tasks import attempt
 from polystore_dask.traits import BackendTraits, PathKey
-from polystore_dask.workers import Owner, Workers, run_everywhere
+from polystore_dask.workers import Owner, run_everywhere
 
 __all__ = ["load_blocks", "load_by_region", "save_blocks", "save_by_region"]
 
@@ -137,12 +138,27 @@ def load_by_region(
     return da.Array(graph, name, chunks, dtype=dtype, meta=np.empty((0,) * len(shape), dtype))
 
 
-# -- backends that keep data per process --------------------------------------
+# -- backends that keep data per process (or per host) ------------------------
+def _kept_names(traits: BackendTraits) -> tuple[str, str]:
+    """The layout's name and the blocks' suffix: files (``.npy``, ``.json``) where paths are files."""
+    return (LAYOUT_FILE, ".npy") if traits.spelling.kind == "filesystem" else (LAYOUT, "")
+
+
 def save_blocks(
-    tasks: OrderedTasks, owners: ProcessOwners, x: Any, path: PathLike, key: PathKey, options: dict[str, Any]
+    tasks: OrderedTasks,
+    owners: Owners,
+    traits: BackendTraits,
+    x: Any,
+    path: PathLike,
+    key: PathKey,
+    options: dict[str, Any],
 ) -> Delayed | None:
-    """Keep each block of ``x`` on the worker that computes it, at ``<path>/<i>.<j>...``, layout beside them."""
+    """Keep each block of ``x`` where it is computed, at ``<path>/<i>.<j>...``, the layout beside them.
+
+    Where: on the worker that computes it, or for a per-host backend on its host.
+    """
     x = _as_dask_array(x)
+    layout_name, suffix = _kept_names(traits)
     backend, canonical = key
     refused = [name for name in ("resume", "dimension_names", "attributes") if options[name]]
     if refused:
@@ -167,7 +183,7 @@ def save_blocks(
     token = uuid.uuid4().hex
     name = f"polystore-save_array-store-{token}"
     layer: dict[Any, Any] = {}
-    block_paths = [_block_path(canonical, index) for index, _ in _blocks(x.chunks)]
+    block_paths = [_block_path(canonical, index, suffix) for index, _ in _blocks(x.chunks)]
     for (index, _), block_path in zip(_blocks(x.chunks), block_paths, strict=True):
         block_key = (name, *index)
         layer[block_key] = Task(block_key, store_block, TaskRef((x.name, *index)), backend, block_path, x.dtype.str)
@@ -175,7 +191,7 @@ def save_blocks(
     owners_key = f"polystore-save_array-layout-{token}"
     layer[owners_key] = Task(
         owners_key, store_layout, List(*(TaskRef(block) for block in list(layer))), backend, canonical, layout,
-        block_paths,
+        block_paths, layout_name,
     )
     done = f"polystore-save_array-{token}"
     layer[done] = Task(done, _nothing, TaskRef(owners_key))
@@ -188,28 +204,32 @@ def save_blocks(
     return None
 
 
-def load_blocks(tasks: OrderedTasks, owners: ProcessOwners, path: PathLike, key: PathKey, chunks: Any) -> da.Array:
-    """The array at ``path``: each block read now, by a task on the worker keeping it."""
+def load_blocks(
+    tasks: OrderedTasks, owners: Owners, traits: BackendTraits, path: PathLike, key: PathKey, chunks: Any
+) -> da.Array:
+    """The array at ``path``: each block read now, by a task on the worker (or the host) keeping it."""
     backend, canonical = key
+    layout_name, suffix = _kept_names(traits)
     client = tasks.client
     tasks.settle_before(reads=[key])
     recorded = {
         kept: Owner(*owner) for kept, owner in client.get_metadata([METADATA, backend, canonical], default={}).items()
     }
-    workers = Workers(client)
+    workers = owners.workers()
     layout: dict[str, Any] | None = None
     holders: dict[str, Owner] = {}
-    for address, (worker_id, found, names) in sorted(run_everywhere(client, probe_array, backend, canonical).items()):
+    probed = run_everywhere(client, probe_array, backend, canonical, layout_name)
+    for _, (owner, found, names) in sorted(probed.items()):
         layout = layout or found
         for block_name in names:
-            holders.setdefault(block_name, Owner(address, worker_id))
+            holders.setdefault(block_name, owner)
     if layout is None:
-        keeper = owners.get(join_key(canonical, LAYOUT)) or recorded.get(join_key(canonical, LAYOUT))
+        keeper = owners.get(join_key(canonical, layout_name)) or recorded.get(join_key(canonical, layout_name))
         if keeper is not None and not workers.alive(keeper):
             raise lost_error(backend, str(path), keeper)
         raise FileNotFoundError(
             errno.ENOENT,
-            f"{backend} backend: no worker keeps an array saved by save_array here (no {LAYOUT!r} inside); "
+            f"{backend} backend: no worker keeps an array saved by save_array here (no {layout_name!r} inside); "
             "save one with save_array first",
             str(path),
         )
@@ -222,7 +242,7 @@ def load_blocks(tasks: OrderedTasks, owners: ProcessOwners, path: PathLike, key:
     name = f"polystore-load_array-{token}"
     layer: dict[Any, Any] = {}
     for index, _ in _blocks(stored):
-        block_path = _block_path(canonical, index)
+        block_path = _block_path(canonical, index, suffix)
         owner = holders.get(block_path) or owners.get(block_path) or recorded.get(block_path)
         layer[(name, *index)] = tasks.submit(
             f"{name}-{'.'.join(map(str, index))}", read_kept_block, backend, block_path, owner, pin=workers.pin(owner),
@@ -307,9 +327,9 @@ def _block_shape(chunks: Any, x: da.Array, backend: str, path: PathLike) -> tupl
     return tuple(int(size) for size in sizes)
 
 
-def _block_path(key: str, index: tuple[int, ...]) -> str:
+def _block_path(key: str, index: tuple[int, ...], suffix: str) -> str:
     # A 0-d array has one block, of index (): it is named "0" (never the array's own path).
-    return join_key(key, ".".join(map(str, index)) or "0")
+    return join_key(key, (".".join(map(str, index)) or "0") + suffix)
 
 
 def _nothing(*_: Any) -> None:

@@ -15,11 +15,12 @@ from distributed import get_worker
 from polystore.errors import UnsupportedFormatError
 from polystore_dask.errors import portable
 from polystore_dask.plugin import get_registry, registry_of
-from polystore_dask.tasks import check_owner, is_rerun, resolve
+from polystore_dask.tasks import check_owner, here, is_rerun, resolve
 from polystore_dask.workers import Owner
 
 __all__ = [
     "LAYOUT",
+    "LAYOUT_FILE",
     "METADATA",
     "array_info",
     "create_array",
@@ -36,6 +37,8 @@ __all__ = [
 
 #: Where an array kept per process keeps its layout, inside the array's directory.
 LAYOUT = ".array"
+#: The same on a backend that spells paths as files (``scratch``): its format follows the suffix.
+LAYOUT_FILE = ".array.json"
 #: The scheduler metadata entry noting which worker keeps each block of each array kept per process.
 METADATA = "polystore-process-arrays"
 
@@ -174,7 +177,9 @@ def read_block(region: tuple[slice, ...], backend: str, path: Any, origin: str |
 
 # -- backends that keep data per process -------------------------------------
 def store_block(block: np.ndarray, backend: str, block_path: str, dtype: str) -> Owner:
-    """Keep ``block`` in this worker's backend at ``block_path``, as the array's ``dtype``; return this worker.
+    """Keep ``block`` in this worker's backend at ``block_path``, as the array's ``dtype``; return its owner.
+
+    The owner is this worker, or for a per-host backend its host.
 
     The block may have come by pickle, which makes a big-endian datetime
     little-endian; it is kept in the array's own dtype.
@@ -182,12 +187,16 @@ def store_block(block: np.ndarray, backend: str, block_path: str, dtype: str) ->
     if isinstance(block, np.ndarray) and block.dtype.str != dtype:
         block = block.astype(dtype)
     worker = get_worker()
-    registry_of(worker)[backend].save(block, block_path, overwrite=True)
-    return Owner(worker.address, worker.id)
+    target = registry_of(worker)[backend]
+    try:
+        target.save(block, block_path, overwrite=True)
+    except Exception as error:
+        raise portable(error) from None
+    return here(worker, target)
 
 
 def store_layout(
-    owners: list[Owner], backend: str, key: str, layout: dict[str, Any], block_paths: list[str]
+    owners: list[Owner], backend: str, key: str, layout: dict[str, Any], block_paths: list[str], layout_name: str
 ) -> dict[str, Owner]:
     """Keep the array's layout beside its blocks; return which worker keeps each block and the layout.
 
@@ -197,8 +206,9 @@ def store_layout(
     from distributed import get_client
 
     worker = get_worker()
-    registry_of(worker)[backend].save(layout, join_key(key, LAYOUT), overwrite=True)
-    kept = {**dict(zip(block_paths, owners, strict=True)), join_key(key, LAYOUT): Owner(worker.address, worker.id)}
+    target = registry_of(worker)[backend]
+    target.save(layout, join_key(key, layout_name), overwrite=True)
+    kept = {**dict(zip(block_paths, owners, strict=True)), join_key(key, layout_name): here(worker, target)}
     get_client().set_metadata([METADATA, backend, key], {path: list(owner) for path, owner in kept.items()})
     return kept
 
@@ -215,16 +225,19 @@ def read_kept_block(backend: str, block_path: str, owner: Owner | None) -> np.nd
     return block
 
 
-def probe_array(backend: str, key: str, *, dask_worker: Any) -> tuple[str, dict[str, Any] | None, list[str]]:
-    """For ``client.run``: this worker's id, the array's layout if kept here, and its blocks kept here."""
+def probe_array(
+    backend: str, key: str, layout_name: str, *, dask_worker: Any
+) -> tuple[Owner, dict[str, Any] | None, list[str]]:
+    """For ``client.run``: the owner of what this worker keeps, the array's layout if kept here, its blocks here."""
     target = registry_of(dask_worker)[backend]
+    owner = here(dask_worker, target)
     directory = key or "/"
     if not target.is_dir(directory):
-        return dask_worker.id, None, []
-    layout_path = join_key(key, LAYOUT)
+        return owner, None, []
+    layout_path = join_key(key, layout_name)
     layout = target.load(layout_path) if target.is_file(layout_path) else None
-    names = [name for name in target.list_dir(directory) if name != LAYOUT]
-    return dask_worker.id, layout, [join_key(key, name) for name in names]
+    names = [name for name in target.list_dir(directory) if name != layout_name]
+    return owner, layout, [join_key(key, name) for name in names]
 
 
 def drop_here(backend: str, key: str, *, dask_worker: Any) -> None:

@@ -2,7 +2,8 @@
 
 distributed sends a task's exception to the client by pickle; :func:`portable`
 makes sure what arrives is the error that was raised. :class:`LostPathError`
-is the error for data kept by a worker that has gone.
+is the error for data kept by a worker that has gone (or on a host
+with no worker left).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ __all__ = ["LostPathError", "lost_error", "portable"]
 
 
 class LostPathError(FileNotFoundError):
-    """A path kept in the memory of a worker that has left or restarted (``owner``); ``count`` paths in all."""
+    """A path kept by a worker that has gone, or on a host with no worker left (``owner``); ``count`` paths in all."""
 
     owner: str
     backend: str
@@ -27,14 +28,20 @@ class LostPathError(FileNotFoundError):
 
 
 def lost_error(backend: str, path: Any, owner: Owner | str, more: int = 0) -> LostPathError:
-    """The error for a path of a per-process backend whose owner has left the cluster or restarted."""
+    """The error for a path whose owner (a worker process, or a host) is out of the cluster's reach."""
     also = f" (and {more} more paths of this batch)" if more else ""
-    error = LostPathError(
-        errno.ENOENT,
-        f"{backend} backend: this path{also} was kept in the memory of worker {owner}, which has "
-        "left or restarted since; what it kept is lost, save it again",
-        str(path),
-    )
+    if isinstance(owner, Owner) and owner.host:
+        message = (
+            f"{backend} backend: this path{also} is kept on host {owner.host}, and no worker on that host was "
+            "left to serve it (the worker it was sent to left or restarted); what it keeps stays on that host: "
+            "try again once a worker runs there"
+        )
+    else:
+        message = (
+            f"{backend} backend: this path{also} was kept in the memory of worker {owner}, which has "
+            "left or restarted since; what it kept is lost, save it again"
+        )
+    error = LostPathError(errno.ENOENT, message, str(path))
     error.owner, error.backend, error.count = str(owner), backend, 1 + more
     return error
 

@@ -12,6 +12,7 @@ from polystore.backend import PathLike, check_batch_lengths
 from polystore.paths import check_sort
 from polystore_dask.labelled import to_dataarray, unlabelled
 from polystore_dask.ordering import OrderedTasks
+from polystore_dask.per_host import HostPlacement
 from polystore_dask.per_process import ProcessPlacement
 from polystore_dask.placement import Placement
 from polystore_dask.rescue import StrandedTaskRescue
@@ -26,7 +27,9 @@ if TYPE_CHECKING:
 __all__ = ["DaskFileManager"]
 
 #: The placement policy for each locality a backend may declare.
-PLACEMENTS: dict[str, type[Placement]] = {"shared": SharedPlacement, "process": ProcessPlacement}
+PLACEMENTS: dict[str, type[Placement]] = {
+    "shared": SharedPlacement, "process": ProcessPlacement, "host": HostPlacement
+}
 
 
 class DaskFileManager:

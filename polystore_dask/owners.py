@@ -1,4 +1,4 @@
-"""Where the paths of a per-process backend live: the client-side table of owners, and asking every worker."""
+"""Where the paths of a per-process or per-host backend live: the table of owners, and asking every worker."""
 
 from __future__ import annotations
 
@@ -17,26 +17,35 @@ from polystore_dask.errors import lost_error
 from polystore_dask.tasks import probe_kinds, probe_listing, probe_stat
 from polystore_dask.workers import Owner, Workers, run_everywhere
 
-__all__ = ["ProcessOwners"]
+__all__ = ["Owners"]
 
 
-class ProcessOwners:
-    """The worker that keeps each path of one per-process backend, saved or found through one manager.
+class Owners:
+    """The owner of each path of one per-process or per-host backend, saved or found through one manager.
 
-    A path keeps its owner until a delete (or the source side of a move)
-    succeeds, or until the owner leaves: tasks for it are pinned to the
-    owner, which they verify by worker id. Paths the table does not know are
-    looked for on every worker (:meth:`locate`).
+    An owner (:class:`~polystore_dask.workers.Owner`) is a worker process
+    for a per-process backend, a host for a per-host one: ``workers`` is the
+    view of the cluster that names them (:class:`Workers` or
+    :class:`~polystore_dask.workers.HostWorkers`). A path keeps its owner
+    until a delete (or the source side of a move) succeeds, or until the
+    owner leaves: tasks for it are pinned to the owner, which they verify
+    where they run. Paths the table does not know are looked for on every
+    worker (:meth:`locate`).
     """
 
-    def __init__(self, client: Client, backend: str) -> None:
+    def __init__(self, client: Client, backend: str, workers: type[Workers] = Workers) -> None:
         self.client = client
         self.backend = backend
+        self._workers = workers
         self._owners: dict[str, Owner] = {}
         #: For each directory: how many paths inside it each owner keeps.
         self._inside: dict[str, Counter[Owner]] = {}
         self._lock = threading.Lock()
         self._turn = itertools.count()
+
+    def workers(self) -> Workers:
+        """A snapshot of the cluster, naming owners as this table does."""
+        return self._workers(self.client)
 
     def get(self, key: str) -> Owner | None:
         with self._lock:
@@ -146,10 +155,10 @@ class ProcessOwners:
         """Ask every worker: the worker keeping each key (a file, else a directory) and which."""
         found: dict[str, tuple[Owner, str]] = {}
         answers = run_everywhere(self.client, probe_kinds, self.backend, list(keys))
-        for address, (worker_id, kinds) in sorted(answers.items()):
+        for _, (owner, kinds) in sorted(answers.items()):
             for key, kind in kinds.items():
                 if kind is not None and (key not in found or (kind == "file" and found[key][1] != "file")):
-                    found[key] = (Owner(address, worker_id), kind)
+                    found[key] = (owner, kind)
         with self._lock:
             for key, (owner, kind) in found.items():
                 if kind == "file":
@@ -183,13 +192,13 @@ class ProcessOwners:
         Raises ``FileNotFoundError`` naming the owner if it has left and no
         other worker has the path.
         """
-        answers = run_everywhere(self.client, probe_stat, self.backend, key)
+        answers = [answer for _, answer in sorted(run_everywhere(self.client, probe_stat, self.backend, key).items())]
         owner = self.get(key)
-        owner_alive = owner is not None and answers.get(owner.address, (None, None))[0] == owner.worker_id
-        if owner is not None and owner_alive and answers[owner.address][1] is not None:
-            kept: dict[str, Any] = answers[owner.address][1]
-            return kept
-        found = [answers[address][1] for address in sorted(answers) if answers[address][1] is not None]
+        owner_alive = owner is not None and any(here == owner for here, _ in answers)
+        for here, kept in answers:
+            if owner is not None and here == owner and kept is not None:
+                return kept
+        found = [stat for _, stat in answers if stat is not None]
         for kind in ("file", "directory"):
             for stat in found:
                 if stat["type"] == kind:

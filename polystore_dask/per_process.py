@@ -20,7 +20,7 @@ from polystore.backend import PathLike
 from polystore_dask import array_graphs
 from polystore_dask.batching import group_items, holders_of, items_per_task, nbytes, ship, ship_parts
 from polystore_dask.ordering import OrderedTasks
-from polystore_dask.owners import ProcessOwners
+from polystore_dask.owners import Owners
 from polystore_dask.placement import ArrayOptions, BatchPart, Placement
 from polystore_dask.tasks import (
     Outcome,
@@ -48,24 +48,28 @@ __all__ = ["ProcessPlacement"]
 class ProcessPlacement(Placement):
     """Tasks run on the worker that keeps their path, which the table of owners records."""
 
+    #: The view of the cluster whose members own paths: here each worker process.
+    workers_view: type[Workers] = Workers
+
     def __init__(self, traits: BackendTraits, tasks: OrderedTasks) -> None:
         super().__init__(traits, tasks)
-        self.owners = ProcessOwners(tasks.client, traits.name)
+        self.owners = Owners(tasks.client, traits.name, self.workers_view)
 
     # -- writing ---------------------------------------------------------
     def save(self, data: Any, path: PathLike, options: dict[str, Any]) -> Future:
         key = self.key(path)
-        workers = Workers(self.client)
+        workers = self.owners.workers()
         owner = self.owners.live(key[1], workers) or self.owners.choose(key[1], workers, data)
         self.owners.set(key[1], owner)
+        pin = workers.pin(owner)
         return self.tasks.run(
-            "save", call, self.name, "save", (ship(self.client, data, [owner.address]), path), options,
-            path_args=(1,), owner=owner, writes=[key], pin=[owner.address],
+            "save", call, self.name, "save", (ship(self.client, data, pin), path), options,
+            path_args=(1,), owner=owner, writes=[key], pin=pin,
         )
 
     def save_batch(self, data_list: Sequence[Any], paths: Sequence[PathLike], options: dict[str, Any]) -> Future:
         keys = [self.key(path) for path in paths]
-        workers = Workers(self.client)
+        workers = self.owners.workers()
         held = holders_of(self.client, data_list)
         places = [
             self.owners.live(key[1], workers) or workers.at(held.get(index, "")) for index, key in enumerate(keys)
@@ -77,25 +81,26 @@ class ProcessPlacement(Placement):
             for index in positions:
                 self.owners.set(keys[index][1], owner)
             chosen.append(owner)
+        pins = [workers.pin(owner) for owner in chosen]
         shipped = ship_parts(
             self.client, [[data_list[index] for index in positions] for _, positions in groups],
-            [[owner.address] for owner in chosen], workers=len(workers),
+            pins, workers=len(workers),
         )
         parts = [
-            BatchPart(positions, items, [owner.address], owner)
-            for (_, positions), items, owner in zip(groups, shipped, chosen, strict=True)
+            BatchPart(positions, items, pin, owner)
+            for (_, positions), items, pin, owner in zip(groups, shipped, pins, strict=True)
         ]
         return self.submit_batch(parts, paths, keys, options)
 
     def ensure_directory(self, path: PathLike) -> Future:
         key = self.key(path)
-        workers = Workers(self.client)
+        workers = self.owners.workers()
         keeper = self.owners.live(key[1], workers) or self.owners.keeper_of_ancestor(key[1], workers)
         if keeper is not None:
             # A file is at the path or above it: fail where that file is.
             return self.tasks.run(
                 "ensure_directory", call, self.name, "ensure_directory", (path,), {},
-                path_args=(0,), owner=keeper, writes=[key], pin=[keeper.address],
+                path_args=(0,), owner=keeper, writes=[key], pin=workers.pin(keeper),
             )
         # Directories are made on every worker, so that a later save of this
         # path fails with IsADirectoryError wherever it runs.
@@ -103,7 +108,7 @@ class ProcessPlacement(Placement):
             "ensure_directory", key, workers.running(),
             lambda index, each, after, token: self.tasks.submit(
                 f"polystore-ensure_directory-run-{token}-{index}", call, self.name, "ensure_directory", (path,), {},
-                path_args=(0,), owner=each, after=after, pin=[each.address],
+                path_args=(0,), owner=each, after=after, pin=workers.pin(each),
             ),
             settle,
         )
@@ -114,14 +119,15 @@ class ProcessPlacement(Placement):
         if owner is not None and not self.owners.keepers_inside(key[1]):
             future = self.tasks.run(
                 "delete", call, self.name, "delete", (path,), {"recursive": recursive},
-                path_args=(0,), owner=owner, writes=[key], pin=Workers(self.client).pin(owner),
+                path_args=(0,), owner=owner, writes=[key], pin=self.owners.workers().pin(owner),
             )
         else:
+            workers = self.owners.workers()
             future = self._on_every_worker(
-                "delete", key, Workers(self.client).owners(),
+                "delete", key, workers.owners(),
                 lambda index, each, after, token: self.tasks.submit(
                     f"polystore-delete-run-{token}-{index}", delete_here, self.name, str(path), recursive,
-                    each.worker_id, after=after, pin=[each.address],
+                    each, after=after, pin=workers.pin(each),
                 ),
                 settle_deletes, self.name, str(path),
             )
@@ -149,7 +155,7 @@ class ProcessPlacement(Placement):
             return self._copy_tree(src, dst, overwrite)
         moving = operation == "move"
         options = {"overwrite": overwrite}
-        workers = Workers(self.client)
+        workers = self.owners.workers()
         owner = self._owner_for_reading(source)
         keeper = self.owners.live(target[1], workers)
         if owner is None or keeper is None or keeper == owner:
@@ -195,12 +201,13 @@ class ProcessPlacement(Placement):
         if refusal is not None:
             return self.tasks.submit(f"polystore-copy-{token}", unwrap, Outcome(error=refusal))
         after = self.tasks.after(writes=[target], reads=[source])
+        workers = self.owners.workers()
         parts = [
             self.tasks.submit(
                 f"polystore-copy-run-{token}-{index}", copy_tree_here, self.name, str(src), str(dst), overwrite,
-                each.worker_id, after=after, pin=[each.address],
+                each, after=after, pin=workers.pin(each),
             )
-            for index, each in enumerate(Workers(self.client).owners())
+            for index, each in enumerate(workers.owners())
         ]
         barrier = self.tasks.submit(f"polystore-copy-run-{token}", collect, parts)
         self.tasks.record(barrier, writes=[target], reads=[source])
@@ -256,7 +263,7 @@ class ProcessPlacement(Placement):
         )
         saved = self.tasks.submit(
             f"polystore-{operation}-run-{token}-save", save_loaded, loaded, self.name, str(dst), overwrite, keeper,
-            after=self.tasks.after(writes=[target]), pin=[keeper.address],
+            after=self.tasks.after(writes=[target]), pin=workers.pin(keeper),
         )
         self.tasks.record(saved, writes=[target])
         last = saved
@@ -268,7 +275,7 @@ class ProcessPlacement(Placement):
             self.tasks.record(last, writes=[source])
         else:
             self.tasks.record(loaded, reads=[source])
-        return self.tasks.submit(f"polystore-{operation}-{token}", unwrap, last, pin=[keeper.address])
+        return self.tasks.submit(f"polystore-{operation}-{token}", unwrap, last, pin=workers.pin(keeper))
 
     # -- reading ---------------------------------------------------------
     def load(self, path: PathLike, options: dict[str, Any]) -> Future:
@@ -276,12 +283,12 @@ class ProcessPlacement(Placement):
         owner = self._owner_for_reading(key)
         return self.tasks.run(
             "load", call, self.name, "load", (path,), options,
-            path_args=(0,), owner=owner, reads=[key], pin=Workers(self.client).pin(owner),
+            path_args=(0,), owner=owner, reads=[key], pin=self.owners.workers().pin(owner),
         )
 
     def load_batch(self, paths: Sequence[PathLike], options: dict[str, Any]) -> Future:
         keys = [self.key(path) for path in paths]
-        workers = Workers(self.client)
+        workers = self.owners.workers()
         unknown = [key for key in keys if self.owners.get(key[1]) is None]
         if unknown:
             self.tasks.settle_before(reads=unknown)
@@ -311,7 +318,7 @@ class ProcessPlacement(Placement):
 
     # -- arrays ----------------------------------------------------------
     def save_array(self, x: dask.array.Array, path: PathLike, options: ArrayOptions) -> Delayed | None:
-        return array_graphs.save_blocks(self.tasks, self.owners, x, path, self.key(path), options)
+        return array_graphs.save_blocks(self.tasks, self.owners, self.traits, x, path, self.key(path), options)
 
     def load_array(self, path: PathLike, chunks: Any) -> dask.array.Array:
-        return array_graphs.load_blocks(self.tasks, self.owners, path, self.key(path), chunks)
+        return array_graphs.load_blocks(self.tasks, self.owners, self.traits, path, self.key(path), chunks)

@@ -3,9 +3,11 @@
 :class:`DaskFileManager` keeps one :class:`Placement` per backend it has
 used, chosen by the ``locality`` that backend's class declares on the
 workers: :class:`~polystore_dask.shared.SharedPlacement` for ``"shared"``
-(any worker sees the data) and
+(any worker sees the data),
 :class:`~polystore_dask.per_process.ProcessPlacement` for ``"process"``
-(the data lives in the worker process that wrote it). Both submit every
+(the data lives in the worker process that wrote it) and
+:class:`~polystore_dask.per_host.HostPlacement` for ``"host"`` (on the
+host that wrote it). All submit every
 task through the manager's :class:`~polystore_dask.ordering.OrderedTasks`,
 so every operation on one path keeps one order.
 """

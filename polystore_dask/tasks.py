@@ -34,6 +34,7 @@ __all__ = [
     "copy_tree_here",
     "delete_after",
     "delete_here",
+    "here",
     "hold",
     "is_rerun",
     "join_batches",
@@ -96,13 +97,14 @@ def resolve(path: Any, target: StorageBackend, origin: str | None) -> Any:
 
 
 def check_owner(owner: Owner, worker: Worker, backend: str, paths: Sequence[Any]) -> None:
-    """Raise ``FileNotFoundError`` unless this task runs in the process that keeps ``paths``.
+    """Raise ``FileNotFoundError`` unless this task runs where ``paths`` are kept (a process, or a host).
 
-    Tasks for a per-process path are pinned to its owner's address with
+    Tasks for a per-process path are pinned to its owner's address (for a
+    per-host path, to the workers on its host) with
     ``allow_other_workers=True``: the scheduler runs them elsewhere only when
-    that worker has gone, and a restarted worker has a new id.
+    those workers have gone, and a restarted worker has a new id.
     """
-    if worker.id != owner.worker_id:
+    if not owner.is_here(worker):
         raise lost_error(backend, paths[0], owner, len(paths) - 1)
 
 
@@ -301,15 +303,15 @@ def delete_after(saved: Outcome, backend: str, path: str, owner: Owner) -> Outco
     return call(backend, "delete", (path,), {}, path_args=(0,), owner=owner)
 
 
-def delete_here(backend: str, path: str, recursive: bool, worker_id: str, after: Sequence[Any] = ()) -> Outcome:
+def delete_here(backend: str, path: str, recursive: bool, owner: Owner, after: Sequence[Any] = ()) -> Outcome:
     """Delete ``path`` from this worker's backend: ``"deleted"``, ``"missing"`` or ``"gone"``.
 
-    ``"gone"``: the task did not run on the worker it was meant for, which
-    has left, and with it whatever it kept.
+    ``"gone"``: the task did not run where it was meant to (``owner``, a
+    worker or a host), which has left, and with it whatever it kept.
     """
     try:
         worker = get_worker()
-        if worker.id != worker_id:
+        if not owner.is_here(worker):
             return Outcome("gone")
         try:
             registry_of(worker)[backend].delete(path, recursive=recursive)
@@ -328,7 +330,7 @@ def settle_deletes(outcomes: Sequence[Outcome], backend: str, path: str) -> None
 
 
 def copy_tree_here(
-    backend: str, src: str, dst: str, overwrite: bool, worker_id: str, after: Sequence[Any] = ()
+    backend: str, src: str, dst: str, overwrite: bool, owner: Owner, after: Sequence[Any] = ()
 ) -> Outcome:
     """Copy this worker's part of the directory ``src`` to ``dst``: ``"copied"``, ``"missing"`` or ``"gone"``.
 
@@ -336,7 +338,7 @@ def copy_tree_here(
     """
     try:
         worker = get_worker()
-        if worker.id != worker_id:
+        if not owner.is_here(worker):
             return Outcome("gone")
         target = registry_of(worker)[backend]
         if not target.is_dir(src):
@@ -354,31 +356,36 @@ def settle_copies(outcomes: Sequence[Outcome], backend: str, path: str) -> None:
         raise FileNotFoundError(errno.ENOENT, f"{backend} backend: no worker keeps a directory at this path", path)
 
 
-def probe_kinds(backend: str, keys: Sequence[str], *, dask_worker: Worker) -> tuple[str, dict[str, str | None]]:
-    """For ``client.run``: this worker's id and, per key, ``"file"``, ``"dir"`` or None."""
+def here(worker: Worker, target: StorageBackend) -> Owner:
+    """The owner of what ``worker`` keeps on ``target``: the worker itself, or its host (``locality``)."""
+    return Owner.of(worker, type(target).locality)
+
+
+def probe_kinds(backend: str, keys: Sequence[str], *, dask_worker: Worker) -> tuple[Owner, dict[str, str | None]]:
+    """For ``client.run``: the owner of what this worker keeps and, per key, ``"file"``, ``"dir"`` or None."""
     target = registry_of(dask_worker)[backend]
     kinds = {}
     for key in keys:
         path = key or "/"  # the root's key is "", which is not a valid path
         kinds[key] = "file" if target.is_file(path) else "dir" if target.is_dir(path) else None
-    return dask_worker.id, kinds
+    return here(dask_worker, target), kinds
 
 
-def probe_stat(backend: str, path: str, *, dask_worker: Worker) -> tuple[str, dict[str, Any] | None]:
-    """For ``client.run``: this worker's id and its stat of ``path`` (None if missing)."""
+def probe_stat(backend: str, path: str, *, dask_worker: Worker) -> tuple[Owner, dict[str, Any] | None]:
+    """For ``client.run``: the owner of what this worker keeps and its stat of ``path`` (None if missing)."""
     target = registry_of(dask_worker)[backend]
     try:
-        return dask_worker.id, target.stat(path or "/")
+        return here(dask_worker, target), target.stat(path or "/")
     except FileNotFoundError:
-        return dask_worker.id, None
+        return here(dask_worker, target), None
 
 
 def probe_listing(
     backend: str, method: str, path: str, kwargs: dict[str, Any], *, dask_worker: Worker
-) -> tuple[str, Outcome]:
-    """For ``client.run``: this worker's id and the outcome of listing ``path``."""
+) -> tuple[Owner, Outcome]:
+    """For ``client.run``: the owner of what this worker keeps and the outcome of listing ``path``."""
     target = registry_of(dask_worker)[backend]
     try:
-        return dask_worker.id, Outcome(getattr(target, method)(path, **kwargs))
+        return here(dask_worker, target), Outcome(getattr(target, method)(path, **kwargs))
     except (FileNotFoundError, NotADirectoryError) as error:
-        return dask_worker.id, Outcome(error=portable(error))
+        return here(dask_worker, target), Outcome(error=portable(error))

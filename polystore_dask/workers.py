@@ -1,23 +1,43 @@
-"""The workers of a cluster as the manager sees them: who they are, and asking all of them."""
+"""The workers of a cluster as the manager sees them: who they are, where they run, and asking all of them."""
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from distributed import Client
 
-__all__ = ["Owner", "Workers", "run_everywhere", "worker_ids"]
+from polystore.backend import Locality
+
+__all__ = ["HostWorkers", "Owner", "Workers", "run_everywhere", "worker_ids"]
 
 
 class Owner(NamedTuple):
-    """One worker process: its address and its id (a restarted worker has a new id)."""
+    """Where a path's data is kept: one worker process, or one host.
+
+    Per process (``locality = "process"``): the worker's address and id (a
+    restarted worker has a new id, and what the old one kept is gone). Per
+    host (``locality = "host"``): only ``host`` is set, and any live worker
+    on that host serves the path, a restarted one too.
+    """
 
     address: str
     worker_id: str
+    host: str = ""
 
     def __str__(self) -> str:
-        return f"{self.address} (id {self.worker_id})"
+        return f"host {self.host}" if self.host else f"{self.address} (id {self.worker_id})"
+
+    def is_here(self, worker: Any) -> bool:
+        """Whether a task running on ``worker`` (a ``distributed.Worker``) runs where this owner keeps data."""
+        return socket.gethostname() == self.host if self.host else bool(worker.id == self.worker_id)
+
+    @classmethod
+    def of(cls, worker: Any, locality: Locality) -> Owner:
+        """The owner of what ``worker`` stores on a backend of ``locality``: itself, or its host."""
+        return cls("", "", socket.gethostname()) if locality == "host" else cls(worker.address, worker.id)
 
 
 def worker_ids(dask_scheduler: Any) -> dict[str, tuple[str, bool]]:
@@ -27,7 +47,7 @@ def worker_ids(dask_scheduler: Any) -> dict[str, tuple[str, bool]]:
 
 
 class Workers:
-    """A snapshot of the cluster's workers: address -> (id, takes new tasks)."""
+    """A snapshot of the cluster's workers, each worker process an owner: address -> (id, takes new tasks)."""
 
     def __init__(self, client: Client) -> None:
         self.members: dict[str, tuple[str, bool]] = client.run_on_scheduler(worker_ids)
@@ -60,9 +80,66 @@ class Workers:
         return [owner.address] if owner is not None and self.alive(owner) else None
 
     def at(self, address: str) -> Owner | None:
-        """The worker at ``address``, if it is in the cluster."""
+        """The owner of what the worker at ``address`` stores, if it is in the cluster."""
         member = self.members.get(address)
         return None if member is None else Owner(address, member[0])
+
+
+#: The hostname of every worker process asked so far, by worker id (ids are never reused).
+_HOSTNAMES: dict[str, str] = {}
+_HOSTNAMES_LOCK = threading.Lock()
+
+
+def _hostname(dask_worker: Any) -> tuple[str, str]:
+    return dask_worker.id, socket.gethostname()
+
+
+class HostWorkers(Workers):
+    """The same snapshot by host: each owner is a host, served by any of its live workers.
+
+    A worker's hostname is asked once (``socket.gethostname()`` on it) and
+    remembered by its id; workers that cannot be reached are left out.
+    """
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(client)
+        with _HOSTNAMES_LOCK:
+            unknown = [address for address, (worker_id, _) in self.members.items() if worker_id not in _HOSTNAMES]
+        if unknown:
+            answers = client.run(_hostname, workers=unknown, on_error="return")
+            with _HOSTNAMES_LOCK:
+                for answer in answers.values():
+                    if isinstance(answer, tuple):
+                        _HOSTNAMES[answer[0]] = answer[1]
+        with _HOSTNAMES_LOCK:
+            known = {address: _HOSTNAMES.get(worker_id) for address, (worker_id, _) in self.members.items()}
+        #: The host of each worker.
+        self.hosts: dict[str, str] = {address: host for address, host in known.items() if host is not None}
+        self.members = {address: member for address, member in self.members.items() if address in self.hosts}
+
+    def owners(self) -> list[Owner]:
+        """Every host, sorted by name."""
+        return [Owner("", "", host) for host in sorted(set(self.hosts.values()))]
+
+    def running(self) -> list[Owner]:
+        """The hosts with a worker that takes new tasks (all of them if none does), sorted by name."""
+        running = {self.hosts[address] for address, (_, takes) in self.members.items() if takes}
+        return [Owner("", "", host) for host in sorted(running)] or self.owners()
+
+    def alive(self, owner: Owner | None) -> bool:
+        """Whether a worker runs on ``owner``'s host."""
+        return owner is not None and owner.host in self.hosts.values()
+
+    def pin(self, owner: Owner | None) -> list[str] | None:
+        """The live workers on ``owner``'s host (None if it has none left: see :meth:`Workers.pin`)."""
+        if owner is None:
+            return None
+        return sorted(address for address, host in self.hosts.items() if host == owner.host) or None
+
+    def at(self, address: str) -> Owner | None:
+        """The host of the worker at ``address``, if it is in the cluster."""
+        host = self.hosts.get(address)
+        return None if host is None else Owner("", "", host)
 
 
 def run_everywhere(client: Client, function: Callable[..., Any], *args: Any) -> dict[str, Any]:
