@@ -15,7 +15,7 @@ from distributed import get_worker
 from polystore.errors import UnsupportedFormatError
 from polystore_dask.errors import portable
 from polystore_dask.plugin import get_registry, registry_of
-from polystore_dask.tasks import check_owner, here, is_rerun, resolve
+from polystore_dask.tasks import check_owner, here, is_rerun, resolve, with_host
 from polystore_dask.workers import Owner
 
 __all__ = [
@@ -191,7 +191,7 @@ def store_block(block: np.ndarray, backend: str, block_path: str, dtype: str) ->
     try:
         target.save(block, block_path, overwrite=True)
     except Exception as error:
-        raise portable(error) from None
+        raise portable(with_host(error)) from None
     return here(worker, target)
 
 

@@ -209,6 +209,10 @@ class Owners:
 
 
 def _ancestors(key: str) -> Iterable[str]:
+    """The directories above ``key``: a memory key (``a/b``: ``a``, then ``""``) or a path (``/a/b``: ``/a``, ``/``)."""
     while key:
-        key = posixpath.dirname(key)
-        yield key
+        parent = posixpath.dirname(key)
+        if parent == key:
+            return
+        yield parent
+        key = parent

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -48,6 +49,7 @@ __all__ = [
     "settle_copies",
     "settle_deletes",
     "unwrap",
+    "with_host",
 ]
 
 
@@ -161,7 +163,25 @@ def call(
             value = _relative_to(value, os.fspath(resolved[0]), os.fspath(args[0]))
         return Outcome(value)
     except Exception as error:
-        return Outcome(error=portable(error))
+        return Outcome(error=portable(with_host(error)))
+
+
+#: The errors of a full disk (or quota): they say which host's disk.
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def with_host(error: Exception) -> Exception:
+    """``error``, naming this worker's host if it says a disk is full (each node has its own disks)."""
+    if not isinstance(error, OSError) or error.errno not in _FULL:
+        return error
+    host = socket.gethostname()
+    full = type(error)(
+        error.errno,
+        f"{error.strerror} (on host {host}: its disk there is full; free space on that host, or save elsewhere)",
+        error.filename,
+    )
+    full.__cause__ = error
+    return full
 
 
 def check_items(

