@@ -135,8 +135,8 @@ def test_s3_saves_from_every_host_are_read_back_on_every_other(client, dfm, host
 def check_saves_are_read_everywhere(client: Client, hosts: Hosts, backend: str, directory: str) -> None:
     names = hosts.names
     for writer in names:
-        saved_on = run_on(client, hosts, writer, save_here, backend, np.full(4, int(writer[1:])), f"{directory}/{writer}.npy")
-        assert saved_on == writer
+        value, path = np.full(4, int(writer[1:])), f"{directory}/{writer}.npy"
+        assert run_on(client, hosts, writer, save_here, backend, value, path) == writer
     for reader in names:
         for writer in names:
             loaded = run_on(client, hosts, reader, load_here, backend, f"{directory}/{writer}.npy")
