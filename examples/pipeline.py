@@ -10,6 +10,14 @@ lit, noisy background; uint16) is generated on the workers, then:
    statistics and small per-frame thumbnails;
 4. written to disk as ``.npy`` and ``.json`` files.
 
+With ``--storage s3://bucket/prefix`` it runs on a cluster without a shared
+filesystem: the raw frames stay on each node's own disk (the ``scratch``
+backend, at ``--scratch``, each block on the node that generated it) and the
+results go to the bucket (the ``s3`` backend). The endpoint and credentials
+come from the usual AWS environment variables (``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``) of this
+process, and are handed to the workers in the plugin's options.
+
 No full-size frame passes through the client. A progress bar follows each
 step, and a table of sizes, times and throughputs ends the run.
 
@@ -19,6 +27,7 @@ removed afterwards. ``--help`` lists the options, for example::
 
     python examples/pipeline.py --frames 16 --size 512 --output results/
     python examples/pipeline.py --scheduler tcp://10.0.0.5:8786 --output /shared/run1
+    AWS_ENDPOINT_URL=http://127.0.0.1:8333 python examples/pipeline.py --storage s3://my-bucket/run1
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -187,8 +197,17 @@ def print_summary(steps: list[Step], total_seconds: float) -> None:
 
 
 # -- the pipeline -----------------------------------------------------------------------
-def run_pipeline(client: Any, output: str, frames: int, size: int, seed: int = 2024) -> list[Step]:
-    """Run the four steps on ``client``'s cluster, with disk and zarr paths under ``output``."""
+@dataclass
+class Storage:
+    """Where the pipeline keeps the raw movie and the results: backend names, and where they point."""
+
+    raw: str
+    results: str
+    where: str
+
+
+def run_pipeline(client: Any, storage: Storage, frames: int, size: int, seed: int = 2024) -> list[Step]:
+    """Run the four steps on ``client``'s cluster, keeping data on the backends ``storage`` names."""
     import dask.array as da
 
     from polystore_dask import DaskFileManager
@@ -197,7 +216,9 @@ def run_pipeline(client: Any, output: str, frames: int, size: int, seed: int = 2
     steps: list[Step] = []
     shape = (frames, size, size)
     raw_bytes = frames * size * size * np.dtype(np.uint16).itemsize
-    print(f"time-lapse: {frames} frames of {size} x {size} uint16 = {raw_bytes / MiB:.1f} MiB, output in {output}")
+    movie_size = f"{frames} frames of {size} x {size} uint16 = {raw_bytes / MiB:.1f} MiB"
+    print(f"time-lapse: {movie_size}, output in {storage.where}")
+    raw_path = "raw/timelapse.zarr" if storage.raw == "zarr" else "raw/timelapse"
 
     # 1. Generate on the workers and write to zarr: each task writes the
     #    chunk (one frame) it generated.
@@ -206,24 +227,28 @@ def run_pipeline(client: Any, output: str, frames: int, size: int, seed: int = 2
         meta=np.empty((0, 0, 0), dtype=np.uint16),
     )
 
+    write_label = f"generate + write {storage.raw}"
+
     def write_raw() -> None:
-        written = client.compute(dfm.save_array(movie, "raw/timelapse.zarr", "zarr", overwrite=True, compute=False))
-        progress(written, "generate + write zarr")
+        written = client.compute(dfm.save_array(movie, raw_path, storage.raw, overwrite=True, compute=False))
+        progress(written, write_label)
         written.result()
 
-    timed(steps, "generate + write zarr", raw_bytes, write_raw)
+    timed(steps, write_label, raw_bytes, write_raw)
 
     # 2. Read lazily, clean each frame, keep the result in worker memory.
-    raw = dfm.load_array("raw/timelapse.zarr", "zarr")
+    raw = dfm.load_array(raw_path, storage.raw)
     assert raw.shape == shape and raw.dtype == np.uint16
     cleaned = raw.map_blocks(clean_frames, dtype=np.float32)
 
+    clean_label = f"read {storage.raw} + filter -> worker memory"
+
     def clean_to_memory() -> None:
         stored = client.compute(dfm.save_array(cleaned, "scratch/cleaned", backend="memory", compute=False))
-        progress(stored, "read zarr + filter -> worker memory")
+        progress(stored, clean_label)
         stored.result()
 
-    timed(steps, "read zarr + filter -> worker memory", raw_bytes, clean_to_memory)
+    timed(steps, clean_label, raw_bytes, clean_to_memory)
 
     # 3. Reduce from worker memory. The projection stays on the workers (a
     #    Future); the statistics and thumbnails are small enough to gather.
@@ -244,7 +269,7 @@ def run_pipeline(client: Any, output: str, frames: int, size: int, seed: int = 2
         steps, "memory -> projection, stats, thumbs", kept.nbytes, reduce_from_memory
     )
 
-    # 4. Write the results to disk.
+    # 4. Write the results (to disk, or to the bucket).
     stats = {
         "frames": frames,
         "size": size,
@@ -254,28 +279,36 @@ def run_pipeline(client: Any, output: str, frames: int, size: int, seed: int = 2
     thumb_paths = [f"results/thumbnails/frame_{t:04d}.npy" for t in range(frames)]
     result_bytes = reductions[0].nbytes + thumbs.nbytes
 
+    results = storage.results
+    results_label = f"write results to {results}"
+
     def write_results() -> None:
         writes = [
-            dfm.save(projection, "results/max_projection.npy", "disk", overwrite=True),
-            dfm.save(stats, "results/frame_stats.json", "disk", overwrite=True),
-            dfm.save_batch(list(thumbs), thumb_paths, "disk", overwrite=True),
+            dfm.save(projection, "results/max_projection.npy", results, overwrite=True),
+            dfm.save(stats, "results/frame_stats.json", results, overwrite=True),
+            dfm.save_batch(list(thumbs), thumb_paths, results, overwrite=True),
         ]
-        progress(writes, "write results to disk")
+        progress(writes, results_label)
         client.gather(writes)
 
-    timed(steps, "write results to disk", result_bytes, write_results)
+    timed(steps, results_label, result_bytes, write_results)
 
     # Check a result round-trips, then show what was written where.
-    saved = dfm.load("results/max_projection.npy", "disk").result()
+    saved = dfm.load("results/max_projection.npy", results).result()
     assert saved.shape == (size, size) and saved.dtype == np.float32
     print()
     print("written:")
-    for directory, backend in [("raw", "zarr"), ("results", "disk")]:
-        for path in dfm.list_files(directory, backend):
-            print(f"  {backend:<6} {path:<34} {human_size(dfm.stat(path, backend)['size']):>10}")
-    listed = dfm.list_files("results/thumbnails", "disk", extensions={".npy"})
+    if storage.raw == "zarr":
+        for path in dfm.list_files("raw", "zarr"):
+            print(f"  zarr   {path:<34} {human_size(dfm.stat(path, 'zarr')['size']):>10}")
+    else:
+        blocks = dfm.list_files(raw_path, storage.raw, extensions={".npy"})
+        print(f"  {storage.raw} {raw_path}/ {len(blocks)} blocks, each on the node that generated it")
+    for path in dfm.list_files("results", results):
+        print(f"  {results:<6} {path:<34} {human_size(dfm.stat(path, results)['size']):>10}")
+    listed = dfm.list_files("results/thumbnails", results, extensions={".npy"})
     first, last = posixpath.basename(listed[0]), posixpath.basename(listed[-1])
-    print(f"  disk   results/thumbnails/ {len(listed)} files: {first} ... {last}")
+    print(f"  {results:<6} results/thumbnails/ {len(listed)} files: {first} ... {last}")
     print(
         f"  memory scratch/ holds {dfm.list_dir('scratch', 'memory')}: "
         f"{kept.numblocks[0]} blocks, each on the worker that made it"
@@ -283,6 +316,8 @@ def run_pipeline(client: Any, output: str, frames: int, size: int, seed: int = 2
     bleaching = statistics[-1, 0] / statistics[0, 0] if statistics[0, 0] else float("nan")
     print(f"mean signal, last frame / first frame: {bleaching:.2f} (photobleaching)")
     dfm.delete("scratch", "memory", recursive=True).result()
+    if storage.raw == "scratch":
+        dfm.delete("raw", "scratch", recursive=True).result()  # node-local intermediates: not kept
     return steps
 
 
@@ -309,10 +344,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="worker processes of the LocalCluster, one thread each (default: 2; ignored with --scheduler)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary output directory and print where it is")
+    parser.add_argument(
+        "--storage", metavar="s3://BUCKET/PREFIX",
+        help="run without a shared filesystem: results go to this bucket and prefix (endpoint and credentials "
+        "from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION), the raw movie stays on "
+        "each node's own disk at --scratch. Default: everything under --output",
+    )
+    parser.add_argument(
+        "--scratch", metavar="DIR", default=os.path.join(tempfile.gettempdir(), "polystore-demo-scratch"),
+        help="with --storage: the node-local directory (the same path on every node) for the raw movie "
+        "(default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.frames < 1 or args.size < THUMBNAIL_BIN or args.workers < 1:
         parser.error(f"--frames and --workers must be at least 1, --size at least {THUMBNAIL_BIN}")
+    if args.storage is not None:
+        parts = urlsplit(args.storage)
+        if parts.scheme != "s3" or not parts.netloc:
+            parser.error(f"--storage must look like s3://bucket/prefix, not {args.storage!r}")
     return args
+
+
+def s3_options(url: str) -> dict[str, Any]:
+    """``S3Backend`` options for ``s3://bucket/prefix``, the endpoint and credentials from the AWS environment."""
+    parts = urlsplit(url)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    options: dict[str, Any] = {"bucket": parts.netloc, "prefix": parts.path.strip("/")}
+    if endpoint:
+        options.update(endpoint=endpoint, allow_http=urlsplit(endpoint).scheme == "http")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options["region"] = region
+    # Workers elsewhere may not have this environment: the plugin hands the credentials over (never shown).
+    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        options.update(
+            access_key_id=os.environ["AWS_ACCESS_KEY_ID"], secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"]
+        )
+    return options
 
 
 def has_polystore_plugin(dask_scheduler: Any) -> bool:
@@ -346,12 +414,19 @@ def main(argv: list[str] | None = None) -> None:
             if args.scheduler and client.run_on_scheduler(has_polystore_plugin):
                 print("replacing the polystore plugin already registered on this cluster with this run's options")
                 client.unregister_worker_plugin("polystore")
-            # Every worker builds its own registry; disk and zarr paths resolve under output.
-            client.register_plugin(PolystorePlugin(options={"disk": {"root": output}, "zarr": {"root": output}}))
+            if args.storage is None:
+                # Every worker builds its own registry; disk and zarr paths resolve under output.
+                options: dict[str, Any] = {"disk": {"root": output}, "zarr": {"root": output}}
+                storage = Storage(raw="zarr", results="disk", where=output)
+            else:
+                options = {"scratch": {"root": args.scratch}, "s3": s3_options(args.storage)}
+                # No shared filesystem: the raw movie on each node's own disk, the results in the bucket.
+                storage = Storage(raw="scratch", results="s3", where=f"{args.storage} (raw on {args.scratch})")
+            client.register_plugin(PolystorePlugin(options=options))
             workers = client.scheduler_info()["workers"]
             threads = sum(worker["nthreads"] for worker in workers.values())
             print(f"cluster: {len(workers)} workers, {threads} threads, scheduler {client.scheduler.address}")
-            steps = run_pipeline(client, output, args.frames, args.size)
+            steps = run_pipeline(client, storage, args.frames, args.size)
     finally:
         if cluster is not None:
             cluster.close()

@@ -1,7 +1,7 @@
 """The conformance kit, run through DaskFileManager: "same methods, same answers" on the cluster.
 
 Each test gets fresh worker registries: the plugin is registered anew with
-the test's own ``tmp_path`` as the root of ``disk`` and ``zarr`` (so the
+the test's own ``tmp_path`` as the root of ``disk``, ``zarr`` and ``scratch`` (so the
 kit's relative paths, and its confinement checks, land there), which also
 empties every worker's ``memory``.
 """
@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import pytest
 from distributed import Client
 
-from polystore import DiskBackend, MemoryBackend, StorageBackend, ZarrBackend
+from polystore import DiskBackend, MemoryBackend, ScratchBackend, StorageBackend, ZarrBackend
 from polystore.backend import Locality, PathLike
 from polystore.testing import BackendTests
 from polystore_dask import DaskFileManager, PolystorePlugin
@@ -92,9 +92,10 @@ class ThroughDask(StorageBackend):
 
 @pytest.fixture
 def fresh_dfm(client: Client, tmp_path: Path) -> Iterator[DaskFileManager]:
-    """A manager on workers whose registries were just built, with ``tmp_path`` as the disk and zarr root."""
+    """A manager on workers whose registries were just built, with ``tmp_path`` as the disk, zarr and scratch root."""
     client.unregister_worker_plugin("polystore")
-    client.register_plugin(PolystorePlugin(options={"disk": {"root": str(tmp_path)}, "zarr": {"root": str(tmp_path)}}))
+    roots = {"root": str(tmp_path)}
+    client.register_plugin(PolystorePlugin(options={"disk": roots, "zarr": roots, "scratch": roots}))
     client.wait_for_workers(2, timeout=PATIENCE)
     yield DaskFileManager(client)
 
@@ -109,6 +110,14 @@ class TestDiskThroughDask(BackendTests):
     @pytest.fixture
     def backend(self, fresh_dfm: DaskFileManager) -> StorageBackend:
         return ThroughDask(fresh_dfm, "disk", DiskBackend)
+
+
+class TestScratchThroughDask(BackendTests):
+    """Node-local scratch on a LocalCluster: every worker is on one host, so any of them serves every path."""
+
+    @pytest.fixture
+    def backend(self, fresh_dfm: DaskFileManager) -> StorageBackend:
+        return ThroughDask(fresh_dfm, "scratch", ScratchBackend)
 
 
 class TestZarrThroughDask(BackendTests):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import dask.array as da
@@ -12,13 +15,16 @@ import numpy as np
 import pytest
 from distributed import Client
 
-from polystore_dask import DaskFileManager
+from polystore import S3Backend
+from polystore_dask import DaskFileManager, PolystorePlugin
 from tests._cluster import wait_until
 from tests._host_tasks import load_here, save_here
 from tests._hosts import HOST_PATIENCE, Hosts
 from tests.multihost.conftest import HOSTS
 
 pytestmark = pytest.mark.multihost
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def hostnames(client: Client) -> dict[str, str]:
@@ -148,6 +154,34 @@ def test_save_array_to_s3_is_read_back_by_load_array(client, dfm):
     x = da.ones((8, 8), chunks=(4, 4))
     with pytest.raises(Exception, match="does not store arrays by region"):
         dfm.save_array(x, f"arrays-{uuid.uuid4().hex}", "s3")
+
+
+# -- the example, as a cloud user runs it ---------------------------------------------
+def test_the_pipeline_example_runs_on_hosts_without_a_shared_filesystem(client, hosts, seaweed, plugin_options,
+                                                                         tmp_path):
+    prefix = f"pipeline-{uuid.uuid4().hex}"
+    environment = {
+        **os.environ, "AWS_ENDPOINT_URL": seaweed.endpoint, "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": seaweed.access_key_id, "AWS_SECRET_ACCESS_KEY": seaweed.secret_access_key,
+    }
+    command = [
+        sys.executable, str(EXAMPLES / "pipeline.py"), "--scheduler", hosts.address, "--frames", "8", "--size", "128",
+        "--storage", f"s3://{seaweed.buckets[0]}/{prefix}", "--scratch", str(hosts.scratch),
+    ]
+    try:
+        result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+    finally:
+        # The example registered its own plugin; the module's comes back for the tests after this one.
+        client.unregister_worker_plugin("polystore")
+        client.register_plugin(PolystorePlugin(options=plugin_options, imports=["tests._locality_backends"]))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "generate + write scratch" in result.stdout and "write results to s3" in result.stdout
+    assert "8 blocks, each on the node that generated it" in result.stdout
+    bucket = S3Backend(**seaweed.backend_options(prefix=prefix))
+    assert bucket.load("results/max_projection.npy").shape == (128, 128)
+    assert len(bucket.list_files("results/thumbnails")) == 8
+    assert len(bucket.load("results/frame_stats.json")["per_frame"]) == 8
+    assert hosts_having(client, str(hosts.scratch / "raw")) == [], "node-local intermediates are removed"
 
 
 # -- a host with no live worker left (last: it takes a host away) -------------------
