@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv test docs lint types test-deep demo bench bench-quick clean
+.PHONY: venv test test-multihost docs lint types test-deep demo bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ test: $(STAMP)
 	ci/types.sh
 	ci/tests.sh
 	ci/docs.sh
+
+# The multi-host tests alone (also part of `make test`): 4 isolated worker hosts per module,
+# each under unshare with its own hostname and scratch tmpfs (tests/_hosts.py; needs root).
+test-multihost: $(STAMP)
+	ci/tests.sh tests/multihost
 
 # The documentation, built into docs/_build/html; any warning fails it.
 docs: $(STAMP)

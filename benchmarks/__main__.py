@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import dask_bench, disk, limits, memory, s3_bench, scale, zarr_bench
+from benchmarks import dask_bench, disk, hosts_bench, limits, memory, s3_bench, scale, zarr_bench
 from benchmarks._harness import Bench, Result
 from benchmarks._report import merge, render
 
@@ -25,6 +25,7 @@ AREAS: list[tuple[tuple[str, ...], Callable[[Bench, set[str]], list[Result]]]] =
     (("5", "6", "7", "8"), dask_bench.run),
     (("10", "11", "12", "13"), s3_bench.run),
     (("14",), scale.run),
+    (("15",), hosts_bench.run),
 ]
 ALL_ROWS = [row for rows, _ in AREAS for row in rows]
 

@@ -7,7 +7,7 @@ false, and saves would land on one node and be missing on the others. So
 the manager's first use of such a backend checks it once: one worker
 leaves a hidden, empty marker file at the root (while it learns the
 backend's traits), every worker looks for it in one ``client.run``, and
-the writer removes it. Backends without a filesystem root (memory, s3,
+the writer removes it in another. Backends without a filesystem root (memory, s3,
 zarr in a bucket) are not checked.
 """
 
@@ -75,7 +75,7 @@ def check_shared(client: Client, backend: str, type_name: str, marker: Marker) -
     try:
         answers = client.run(_look, marker.path, on_error="return")
     finally:
-        client.run(_remove, marker.path, workers=[marker.address], wait=False, on_error="return")
+        client.run(_remove, marker.path, workers=[marker.address], on_error="return")
     missing: dict[str, list[str]] = {}
     for address, answer in sorted(answers.items()):
         if isinstance(answer, tuple) and not answer[1]:

@@ -137,6 +137,8 @@ class Hosts:
             self.scheduler = self._spawn(
                 "scheduler",
                 [str(_BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                 # Its HTTP server (health, metrics) stays on loopback too, on a free port.
+                 "--dashboard-address", "127.0.0.1:0",
                  "--scheduler-file", str(scheduler_file)],
             )
             while not scheduler_file.exists() or not scheduler_file.read_text().strip():
@@ -166,7 +168,7 @@ class Hosts:
         script = (
             f"hostname {name} && mount -t tmpfs -o size={self.scratch_size} {self.marker}-{name} {self.scratch} && "
             f"exec {_BIN / 'dask'} worker {self.address} --name {name} --nthreads 1 --nanny --no-dashboard "
-            f"--host 127.0.0.1 --death-timeout 60 --local-directory {local}"
+            f"--dashboard-address 127.0.0.1:0 --host 127.0.0.1 --death-timeout 60 --local-directory {local}"
         )
         return self._spawn(name, ["unshare", "--mount", "--uts", "--propagation", "private", "--fork",
                                   "--kill-child=SIGTERM", "sh", "-c", script])
