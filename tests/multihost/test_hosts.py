@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from distributed import Client
 
-from polystore import S3Backend
+from polystore import S3Backend, UnsupportedFormatError
 from polystore_dask import DaskFileManager, PolystorePlugin
 from tests._cluster import wait_until
 from tests._host_tasks import load_here, save_here
@@ -149,11 +149,12 @@ def check_saves_are_read_everywhere(client: Client, hosts: Hosts, backend: str, 
             assert np.array_equal(loaded, np.full(4, int(writer[1:]))), (reader, writer)
 
 
-def test_save_array_to_s3_is_read_back_by_load_array(client, dfm):
-    # s3 stores whole objects, not regions: save_array says so and names the backends that can.
-    x = da.ones((8, 8), chunks=(4, 4))
-    with pytest.raises(Exception, match="does not store arrays by region"):
-        dfm.save_array(x, f"arrays-{uuid.uuid4().hex}", "s3")
+def test_save_array_to_the_s3_object_backend_is_refused_naming_backends_that_can(client, dfm):
+    # s3 stores whole objects, not regions (zarr in a bucket will): save_array says so before writing.
+    path = f"arrays-{uuid.uuid4().hex}"
+    with pytest.raises(UnsupportedFormatError, match="does not store arrays by region.*'zarr'"):
+        dfm.save_array(da.ones((8, 8), chunks=(4, 4)), path, "s3")
+    assert not dfm.exists(path, "s3")
 
 
 # -- the example, as a cloud user runs it ---------------------------------------------
