@@ -54,7 +54,10 @@ class DaskFileManager:
       runs the task, or the worker holding its data Future. A relative path
       of a filesystem backend is taken relative to this process's working
       directory, unless the backend has a ``root`` on the workers (then it
-      is relative to that root). Every worker must see the same data.
+      is relative to that root). Every worker must see the same data: for
+      a backend with a filesystem root the first use checks it (a marker
+      one worker writes at the root must be seen by all) and otherwise
+      raises ``RuntimeError`` naming the root and the hosts that differ.
     - ``"process"`` (``memory``): a saved path stays on the worker that
       saved it (where its data Future already was, else the next worker in
       turn), and later operations on it run there. Listings show the union
