@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,11 +94,14 @@ def _dask_environment() -> dict[str, str]:
     }
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the test process dies, so a crashed run leaves nothing."""
+def _die_with_parent(signum: int) -> Callable[[], None]:
+    """For ``preexec_fn``: the child gets ``signum`` when the test process dies, so a crashed run leaves nothing."""
     import ctypes
 
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    def arrange() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signum)  # PR_SET_PDEATHSIG
+
+    return arrange
 
 
 class Hosts:
@@ -154,12 +157,12 @@ class Hosts:
             self.stop()
             raise
 
-    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, command: list[str], on_parent_death: int = signal.SIGTERM) -> subprocess.Popen[bytes]:
         """Start ``command`` in a process group of its own (so teardown reaches its children), logging to a file."""
         with open(self.root / f"{name}.log", "ab") as log:
             return subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.root,
-                env=_dask_environment(), start_new_session=True, preexec_fn=_die_with_parent,
+                env=_dask_environment(), start_new_session=True, preexec_fn=_die_with_parent(on_parent_death),
             )
 
     def _spawn_host(self, name: str) -> subprocess.Popen[bytes]:
@@ -170,8 +173,11 @@ class Hosts:
             f"exec {_BIN / 'dask'} worker {self.address} --name {name} --nthreads 1 --nanny --no-dashboard "
             f"--dashboard-address 127.0.0.1:0 --host 127.0.0.1 --death-timeout 60 --local-directory {local}"
         )
-        return self._spawn(name, ["unshare", "--mount", "--uts", "--propagation", "private", "--fork",
-                                  "--kill-child=SIGTERM", "sh", "-c", script])
+        # unshare ignores SIGTERM while it waits for its child: it gets SIGKILL if the test process dies,
+        # and passes SIGTERM on to the nanny (--kill-child), which stops its worker.
+        command = ["unshare", "--mount", "--uts", "--propagation", "private", "--fork", "--kill-child=SIGTERM",
+                   "sh", "-c", script]
+        return self._spawn(name, command, on_parent_death=signal.SIGKILL)
 
     def _wait_registered(self, deadline: float, timeout: float) -> None:
         from distributed import Client
