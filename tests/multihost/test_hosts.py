@@ -8,7 +8,6 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -18,8 +17,8 @@ from distributed import Client
 from polystore import S3Backend, UnsupportedFormatError
 from polystore_dask import DaskFileManager, PolystorePlugin
 from tests._cluster import wait_until
-from tests._host_tasks import load_here, save_here
-from tests._hosts import HOST_PATIENCE, Hosts
+from tests._host_tasks import check_saves_are_read_everywhere, run_on
+from tests._hosts import HOST_PATIENCE
 from tests.multihost.conftest import HOSTS
 
 pytestmark = pytest.mark.multihost
@@ -36,14 +35,6 @@ def hosts_having(client: Client, path: str) -> list[str]:
     """The hosts on whose own disk ``path`` exists."""
     names = hostnames(client)
     return sorted({names[address] for address, found in client.run(os.path.exists, path).items() if found})
-
-
-def run_on(client: Client, hosts: Hosts, host: str, function: Any, *args: Any) -> Any:
-    """Run ``function(*args)`` as a task on the worker of ``host`` only."""
-    address = hosts.worker_address(client, host)
-    return client.submit(function, *args, workers=[address], allow_other_workers=False, pure=False).result(
-        timeout=HOST_PATIENCE
-    )
 
 
 # -- the harness itself ----------------------------------------------------------
@@ -130,23 +121,12 @@ def test_a_shared_backend_whose_root_differs_per_host_is_refused_naming_root_and
 
 def test_a_shared_root_passes_the_check_and_disk_saves_from_every_host_are_read_on_every_other(client, dfm, hosts):
     assert dfm.exists("nothing-yet.npy", "disk") is False  # the check ran and passed
-    check_saves_are_read_everywhere(client, hosts, "disk", f"everywhere-{uuid.uuid4().hex}")
+    check_saves_are_read_everywhere(client, hosts, "disk", f"everywhere-{uuid.uuid4().hex}", ".npy")
 
 
 def test_s3_saves_from_every_host_are_read_back_on_every_other(client, dfm, hosts):
     assert dfm.exists("nothing-yet.npy", "s3") is False  # s3 has no filesystem root: not checked
-    check_saves_are_read_everywhere(client, hosts, "s3", f"everywhere-{uuid.uuid4().hex}")
-
-
-def check_saves_are_read_everywhere(client: Client, hosts: Hosts, backend: str, directory: str) -> None:
-    names = hosts.names
-    for writer in names:
-        value, path = np.full(4, int(writer[1:])), f"{directory}/{writer}.npy"
-        assert run_on(client, hosts, writer, save_here, backend, value, path) == writer
-    for reader in names:
-        for writer in names:
-            loaded = run_on(client, hosts, reader, load_here, backend, f"{directory}/{writer}.npy")
-            assert np.array_equal(loaded, np.full(4, int(writer[1:]))), (reader, writer)
+    check_saves_are_read_everywhere(client, hosts, "s3", f"everywhere-{uuid.uuid4().hex}", ".npy")
 
 
 def test_save_array_to_the_s3_object_backend_is_refused_naming_backends_that_can(client, dfm):
