@@ -10,10 +10,9 @@ lit, noisy background; uint16) is generated on the workers, then:
    statistics and small per-frame thumbnails;
 4. written to disk as ``.npy`` and ``.json`` files.
 
-With ``--storage s3://bucket/prefix`` it runs on a cluster without a shared
-filesystem: the raw frames stay on each node's own disk (the ``scratch``
-backend, at ``--scratch``, each block on the node that generated it) and the
-results go to the bucket (the ``s3`` backend). The endpoint and credentials
+With ``--storage s3://bucket/prefix`` the same pipeline runs on a cluster
+without a shared filesystem: the zarr array is kept in the bucket (zarr with
+an ``s3://`` root) and the results go there too (the ``s3`` backend). The endpoint and credentials
 come from the usual AWS environment variables (``AWS_ENDPOINT_URL``,
 ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``) of this
 process, and are handed to the workers in the plugin's options.
@@ -199,9 +198,8 @@ def print_summary(steps: list[Step], total_seconds: float) -> None:
 # -- the pipeline -----------------------------------------------------------------------
 @dataclass
 class Storage:
-    """Where the pipeline keeps the raw movie and the results: backend names, and where they point."""
+    """Where the pipeline keeps the results (a backend name), and where its backends point."""
 
-    raw: str
     results: str
     where: str
 
@@ -218,7 +216,7 @@ def run_pipeline(client: Any, storage: Storage, frames: int, size: int, seed: in
     raw_bytes = frames * size * size * np.dtype(np.uint16).itemsize
     movie_size = f"{frames} frames of {size} x {size} uint16 = {raw_bytes / MiB:.1f} MiB"
     print(f"time-lapse: {movie_size}, output in {storage.where}")
-    raw_path = "raw/timelapse.zarr" if storage.raw == "zarr" else "raw/timelapse"
+    raw_path = "raw/timelapse.zarr"
 
     # 1. Generate on the workers and write to zarr: each task writes the
     #    chunk (one frame) it generated.
@@ -227,21 +225,21 @@ def run_pipeline(client: Any, storage: Storage, frames: int, size: int, seed: in
         meta=np.empty((0, 0, 0), dtype=np.uint16),
     )
 
-    write_label = f"generate + write {storage.raw}"
+    write_label = "generate + write zarr"
 
     def write_raw() -> None:
-        written = client.compute(dfm.save_array(movie, raw_path, storage.raw, overwrite=True, compute=False))
+        written = client.compute(dfm.save_array(movie, raw_path, "zarr", overwrite=True, compute=False))
         progress(written, write_label)
         written.result()
 
     timed(steps, write_label, raw_bytes, write_raw)
 
     # 2. Read lazily, clean each frame, keep the result in worker memory.
-    raw = dfm.load_array(raw_path, storage.raw)
+    raw = dfm.load_array(raw_path, "zarr")
     assert raw.shape == shape and raw.dtype == np.uint16
     cleaned = raw.map_blocks(clean_frames, dtype=np.float32)
 
-    clean_label = f"read {storage.raw} + filter -> worker memory"
+    clean_label = "read zarr + filter -> worker memory"
 
     def clean_to_memory() -> None:
         stored = client.compute(dfm.save_array(cleaned, "scratch/cleaned", backend="memory", compute=False))
@@ -298,12 +296,8 @@ def run_pipeline(client: Any, storage: Storage, frames: int, size: int, seed: in
     assert saved.shape == (size, size) and saved.dtype == np.float32
     print()
     print("written:")
-    if storage.raw == "zarr":
-        for path in dfm.list_files("raw", "zarr"):
-            print(f"  zarr   {path:<34} {human_size(dfm.stat(path, 'zarr')['size']):>10}")
-    else:
-        blocks = dfm.list_files(raw_path, storage.raw, extensions={".npy"})
-        print(f"  {storage.raw} {raw_path}/ {len(blocks)} blocks, each on the node that generated it")
+    for path in dfm.list_files("raw", "zarr"):
+        print(f"  zarr   {path:<34} {human_size(dfm.stat(path, 'zarr')['size']):>10}")
     for path in dfm.list_files("results", results):
         print(f"  {results:<6} {path:<34} {human_size(dfm.stat(path, results)['size']):>10}")
     listed = dfm.list_files("results/thumbnails", results, extensions={".npy"})
@@ -316,8 +310,6 @@ def run_pipeline(client: Any, storage: Storage, frames: int, size: int, seed: in
     bleaching = statistics[-1, 0] / statistics[0, 0] if statistics[0, 0] else float("nan")
     print(f"mean signal, last frame / first frame: {bleaching:.2f} (photobleaching)")
     dfm.delete("scratch", "memory", recursive=True).result()
-    if storage.raw == "scratch":
-        dfm.delete("raw", "scratch", recursive=True).result()  # node-local intermediates: not kept
     return steps
 
 
@@ -346,14 +338,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temporary output directory and print where it is")
     parser.add_argument(
         "--storage", metavar="s3://BUCKET/PREFIX",
-        help="run without a shared filesystem: results go to this bucket and prefix (endpoint and credentials "
-        "from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION), the raw movie stays on "
-        "each node's own disk at --scratch. Default: everything under --output",
-    )
-    parser.add_argument(
-        "--scratch", metavar="DIR", default=os.path.join(tempfile.gettempdir(), "polystore-demo-scratch"),
-        help="with --storage: the node-local directory (the same path on every node) for the raw movie "
-        "(default: %(default)s)",
+        help="run without a shared filesystem: the zarr array and the results go to this bucket and prefix "
+        "(endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION). "
+        "Default: everything under --output",
     )
     args = parser.parse_args(argv)
     if args.frames < 1 or args.size < THUMBNAIL_BIN or args.workers < 1:
@@ -417,11 +404,14 @@ def main(argv: list[str] | None = None) -> None:
             if args.storage is None:
                 # Every worker builds its own registry; disk and zarr paths resolve under output.
                 options: dict[str, Any] = {"disk": {"root": output}, "zarr": {"root": output}}
-                storage = Storage(raw="zarr", results="disk", where=output)
+                storage = Storage(results="disk", where=output)
             else:
-                options = {"scratch": {"root": args.scratch}, "s3": s3_options(args.storage)}
-                # No shared filesystem: the raw movie on each node's own disk, the results in the bucket.
-                storage = Storage(raw="scratch", results="s3", where=f"{args.storage} (raw on {args.scratch})")
+                # No shared filesystem: the zarr array and the results in the bucket.
+                s3 = s3_options(args.storage)
+                store_options = {key: value for key, value in s3.items() if key not in ("bucket", "prefix")}
+                zarr_root = f"s3://{s3['bucket']}/{s3['prefix']}".rstrip("/")
+                options = {"s3": s3, "zarr": {"root": zarr_root, "store_options": store_options}}
+                storage = Storage(results="s3", where=args.storage)
             client.register_plugin(PolystorePlugin(options=options))
             workers = client.scheduler_info()["workers"]
             threads = sum(worker["nthreads"] for worker in workers.values())

@@ -50,8 +50,17 @@ def test_custom_backend_is_in_the_registry_and_compresses(tmp_path: Path) -> Non
 # -- the scripts, run as a user runs them --------------------------------------------
 def test_pipeline_help_documents_every_option(tmp_path: Path) -> None:
     result = run_example("pipeline.py", "--help", cwd=tmp_path)
-    for option in ("--frames", "--size", "--output", "--scheduler", "--workers", "--keep"):
+    for option in ("--frames", "--size", "--output", "--scheduler", "--workers", "--keep", "--storage"):
         assert option in result.stdout
+
+
+def test_pipeline_refuses_a_storage_that_is_not_an_s3_url(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "pipeline.py"), "--storage", "/shared/run1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "--storage must look like s3://bucket/prefix, not '/shared/run1'" in result.stderr
 
 
 def test_pipeline_with_output_writes_results_and_prints_the_summary(tmp_path: Path) -> None:

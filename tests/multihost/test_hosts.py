@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from distributed import Client
 
-from polystore import S3Backend, UnsupportedFormatError
+from polystore import S3Backend, UnsupportedFormatError, ZarrBackend
 from polystore_dask import DaskFileManager, PolystorePlugin
 from tests._cluster import wait_until
 from tests._host_tasks import check_saves_are_read_everywhere, run_on
@@ -147,7 +147,7 @@ def test_the_pipeline_example_runs_on_hosts_without_a_shared_filesystem(client, 
     }
     command = [
         sys.executable, str(EXAMPLES / "pipeline.py"), "--scheduler", hosts.address, "--frames", "8", "--size", "128",
-        "--storage", f"s3://{seaweed.buckets[0]}/{prefix}", "--scratch", str(hosts.scratch),
+        "--storage", f"s3://{seaweed.buckets[0]}/{prefix}",
     ]
     try:
         result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
@@ -156,13 +156,16 @@ def test_the_pipeline_example_runs_on_hosts_without_a_shared_filesystem(client, 
         client.unregister_worker_plugin("polystore")
         client.register_plugin(PolystorePlugin(options=plugin_options, imports=["tests._locality_backends"]))
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "generate + write scratch" in result.stdout and "write results to s3" in result.stdout
-    assert "8 blocks, each on the node that generated it" in result.stdout
-    bucket = S3Backend(**seaweed.backend_options(prefix=prefix))
+    assert "generate + write zarr" in result.stdout and "write results to s3" in result.stdout
+    assert seaweed.secret_access_key not in result.stdout + result.stderr
+    options = seaweed.backend_options(prefix=prefix)
+    bucket = S3Backend(**options)
     assert bucket.load("results/max_projection.npy").shape == (128, 128)
     assert len(bucket.list_files("results/thumbnails")) == 8
     assert len(bucket.load("results/frame_stats.json")["per_frame"]) == 8
-    assert hosts_having(client, str(hosts.scratch / "raw")) == [], "node-local intermediates are removed"
+    store_options = {key: value for key, value in options.items() if key not in ("bucket", "prefix")}
+    raw = ZarrBackend(root=f"s3://{options['bucket']}/{prefix}", store_options=store_options)
+    assert raw.stat("raw/timelapse.zarr")["shape"] == (8, 128, 128)
 
 
 # -- a host with no live worker left (last: it takes a host away) -------------------
