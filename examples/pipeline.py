@@ -13,9 +13,10 @@ lit, noisy background; uint16) is generated on the workers, then:
 With ``--storage s3://bucket/prefix`` the same pipeline runs on a cluster
 without a shared filesystem: the zarr array is kept in the bucket (zarr with
 an ``s3://`` root) and the results go there too (the ``s3`` backend). The endpoint and credentials
-come from the usual AWS environment variables (``AWS_ENDPOINT_URL``,
-``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``) of this
-process, and are handed to the workers in the plugin's options.
+come from the usual AWS environment of the workers (``AWS_ENDPOINT_URL``,
+``AWS_ALLOW_HTTP``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_REGION``, or instance credentials): nothing secret travels in the
+plugin's options.
 
 No full-size frame passes through the client. A progress bar follows each
 step, and a table of sizes, times and throughputs ends the run.
@@ -339,7 +340,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--storage", metavar="s3://BUCKET/PREFIX",
         help="run without a shared filesystem: the zarr array and the results go to this bucket and prefix "
-        "(endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION). "
+        "(endpoint and credentials from the workers' AWS_ENDPOINT_URL, AWS_ALLOW_HTTP, AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_REGION). "
         "Default: everything under --output",
     )
     args = parser.parse_args(argv)
@@ -353,21 +355,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def s3_options(url: str) -> dict[str, Any]:
-    """``S3Backend`` options for ``s3://bucket/prefix``, the endpoint and credentials from the AWS environment."""
+    """``S3Backend`` options for ``s3://bucket/prefix``; endpoint and credentials come from each worker."""
     parts = urlsplit(url)
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
-    options: dict[str, Any] = {"bucket": parts.netloc, "prefix": parts.path.strip("/")}
-    if endpoint:
-        options.update(endpoint=endpoint, allow_http=urlsplit(endpoint).scheme == "http")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        options["region"] = region
-    # Workers elsewhere may not have this environment: the plugin hands the credentials over (never shown).
-    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
-        options.update(
-            access_key_id=os.environ["AWS_ACCESS_KEY_ID"], secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"]
-        )
-    return options
+    return {"bucket": parts.netloc, "prefix": parts.path.strip("/")}
 
 
 def has_polystore_plugin(dask_scheduler: Any) -> bool:
@@ -408,9 +398,7 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 # No shared filesystem: the zarr array and the results in the bucket.
                 s3 = s3_options(args.storage)
-                store_options = {key: value for key, value in s3.items() if key not in ("bucket", "prefix")}
-                zarr_root = f"s3://{s3['bucket']}/{s3['prefix']}".rstrip("/")
-                options = {"s3": s3, "zarr": {"root": zarr_root, "store_options": store_options}}
+                options = {"s3": s3, "zarr": {"root": f"s3://{s3['bucket']}/{s3['prefix']}".rstrip("/")}}
                 storage = Storage(results="s3", where=args.storage)
             client.register_plugin(PolystorePlugin(options=options))
             workers = client.scheduler_info()["workers"]

@@ -83,10 +83,11 @@ def mounted_anywhere(marker: str) -> list[str]:
     return found
 
 
-def _dask_environment() -> dict[str, str]:
-    """The environment of the scheduler and the hosts: this venv, this checkout, the harness's timeouts."""
+def _dask_environment(extra: dict[str, str]) -> dict[str, str]:
+    """The environment of the scheduler and the hosts: this venv, this checkout, the harness's timeouts, ``extra``."""
     return {
         **os.environ,
+        **extra,
         "PATH": f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")])),
         "DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL": WORKER_TTL,
@@ -116,10 +117,16 @@ class Hosts:
         How many hosts.
     scratch_size
         Each host's tmpfs size (``mount -o size=``), e.g. ``"64m"``.
+    environment
+        Variables every host's worker gets besides this process's (a
+        cluster's AWS settings, for one).
     """
 
-    def __init__(self, root: Path, count: int, scratch_size: str = "64m") -> None:
+    def __init__(
+        self, root: Path, count: int, scratch_size: str = "64m", environment: dict[str, str] | None = None
+    ) -> None:
         self.root = Path(root)
+        self.environment = dict(environment or {})
         self.count = count
         self.scratch_size = scratch_size
         #: The path where every host has its own tmpfs (empty in the ordinary namespace).
@@ -162,7 +169,8 @@ class Hosts:
         with open(self.root / f"{name}.log", "ab") as log:
             return subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.root,
-                env=_dask_environment(), start_new_session=True, preexec_fn=_die_with_parent(on_parent_death),
+                env=_dask_environment(self.environment), start_new_session=True,
+                preexec_fn=_die_with_parent(on_parent_death),
             )
 
     def _spawn_host(self, name: str) -> subprocess.Popen[bytes]:
@@ -291,9 +299,11 @@ def _group_members(groups: set[int]) -> list[int]:
 
 
 @contextlib.contextmanager
-def hosts_running(root: Path, count: int, scratch_size: str = "64m") -> Iterator[Hosts]:
+def hosts_running(
+    root: Path, count: int, scratch_size: str = "64m", environment: dict[str, str] | None = None
+) -> Iterator[Hosts]:
     """Started :class:`Hosts`, stopped (and checked) on exit."""
-    hosts = Hosts(root, count, scratch_size)
+    hosts = Hosts(root, count, scratch_size, environment)
     hosts.start()
     try:
         yield hosts

@@ -22,11 +22,16 @@ HOSTS = 4
 
 
 @pytest.fixture(scope="module")
-def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
+def hosts(tmp_path_factory: pytest.TempPathFactory, seaweed: SeaweedServer) -> Iterator[Hosts]:
+    """4 hosts whose workers have the session's S3 server in their AWS environment, as cloud workers would."""
     reason = unavailable()
     if reason is not None:
         pytest.skip(reason)
-    with hosts_running(tmp_path_factory.mktemp("hosts"), HOSTS, scratch_size="64m") as running:
+    aws = {
+        "AWS_ENDPOINT_URL": seaweed.endpoint, "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": seaweed.access_key_id, "AWS_SECRET_ACCESS_KEY": seaweed.secret_access_key,
+    }
+    with hosts_running(tmp_path_factory.mktemp("hosts"), HOSTS, scratch_size="64m", environment=aws) as running:
         yield running
 
 

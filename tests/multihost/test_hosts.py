@@ -141,16 +141,13 @@ def test_save_array_to_the_s3_object_backend_is_refused_naming_backends_that_can
 def test_the_pipeline_example_runs_on_hosts_without_a_shared_filesystem(client, hosts, seaweed, plugin_options,
                                                                          tmp_path):
     prefix = f"pipeline-{uuid.uuid4().hex}"
-    environment = {
-        **os.environ, "AWS_ENDPOINT_URL": seaweed.endpoint, "AWS_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": seaweed.access_key_id, "AWS_SECRET_ACCESS_KEY": seaweed.secret_access_key,
-    }
+    # The credentials are in the hosts' environment only (see conftest.py), as on a cloud cluster.
     command = [
         sys.executable, str(EXAMPLES / "pipeline.py"), "--scheduler", hosts.address, "--frames", "8", "--size", "128",
         "--storage", f"s3://{seaweed.buckets[0]}/{prefix}",
     ]
     try:
-        result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     finally:
         # The example registered its own plugin; the module's comes back for the tests after this one.
         client.unregister_worker_plugin("polystore")
