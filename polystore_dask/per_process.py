@@ -88,7 +88,7 @@ class ProcessPlacement(Placement):
         )
         parts = [
             BatchPart(positions, items, pin, owner)
-            for (_, positions), items, pin, owner in zip(groups, shipped, pins, strict=True)
+            for (_, positions), items, pin, owner in zip(groups, shipped, pins, chosen, strict=True)
         ]
         return self.submit_batch(parts, paths, keys, options)
 
