@@ -140,10 +140,16 @@ def ship_parts(
     direct = client.direct_to_workers is not False
     scattered: list[Future] = []
     for destination, indices in by_pin.items():
-        futures = client.scatter(
-            [parts[index] for index in indices], workers=None if destination is None else list(destination),
-            hash=False, direct=direct,
-        )
+        data, targets = [parts[index] for index in indices], None if destination is None else list(destination)
+        try:
+            futures = client.scatter(data, workers=targets, hash=False, direct=direct)
+        except OSError:
+            if not direct:
+                raise
+            # The worker went away under the direct send (killed, or dropped while frozen): the data goes to
+            # any live worker through the scheduler, and the part's save, pinned to the lost worker, then fails
+            # naming it (or runs on its restarted self).
+            futures = client.scatter(data, hash=False, direct=False)
         for index, future in zip(indices, futures, strict=True):
             shipped[index] = future
         scattered += futures
