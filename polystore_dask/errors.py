@@ -14,7 +14,7 @@ from typing import Any
 
 import tblib.pickling_support  # type: ignore[import-untyped]  # no stubs; a dependency of distributed
 
-from polystore_dask.workers import Owner
+from polystore_dask.workers import Holders, Owner
 
 __all__ = ["LostPathError", "lost_error", "portable"]
 
@@ -25,12 +25,24 @@ class LostPathError(FileNotFoundError):
     owner: str
     backend: str
     count: int
+    #: The owner (or the holders of the replicas) as the manager knows it.
+    keeper: Owner | Holders | str
 
 
-def lost_error(backend: str, path: Any, owner: Owner | str, more: int = 0) -> LostPathError:
-    """The error for a path whose owner (a worker process, or a host) is out of the cluster's reach."""
+def lost_error(backend: str, path: Any, owner: Owner | Holders | str, more: int = 0) -> LostPathError:
+    """The error for a path whose owner (a worker process, or a host; every replica's) is out of reach."""
     also = f" (and {more} more paths of this batch)" if more else ""
-    if isinstance(owner, Owner) and owner.host:
+    if isinstance(owner, Holders) and all(each.host for each in owner.owners):
+        message = (
+            f"{backend} backend: this path{also} was kept on hosts {owner} (one replica each), and no worker "
+            "on any of them was left to serve it; what they keep stays there: try again once a worker runs there"
+        )
+    elif isinstance(owner, Holders):
+        message = (
+            f"{backend} backend: this path{also} was kept in the memory of workers {owner} (one replica each), "
+            "which have all left or restarted since; what they kept is lost, save it again"
+        )
+    elif isinstance(owner, Owner) and owner.host:
         message = (
             f"{backend} backend: this path{also} is kept on host {owner.host}, and no worker on that host was "
             "left to serve it (the worker it was sent to left or restarted); what it keeps stays on that host: "
@@ -42,7 +54,7 @@ def lost_error(backend: str, path: Any, owner: Owner | str, more: int = 0) -> Lo
             "left or restarted since; what it kept is lost, save it again"
         )
     error = LostPathError(errno.ENOENT, message, str(path))
-    error.owner, error.backend, error.count = str(owner), backend, 1 + more
+    error.owner, error.backend, error.count, error.keeper = str(owner), backend, 1 + more, owner
     return error
 
 

@@ -65,6 +65,22 @@ class DaskFileManager:
       ``FileNotFoundError`` that names the path and the lost worker. Paths
       the manager did not save (for example saved by a task through
       :func:`~polystore_dask.get_registry`) are looked for on every worker.
+    - Surviving a worker's loss (``"process"`` and ``"host"``): ``save``,
+      ``save_batch``, ``copy`` and ``move`` take ``replicas=k`` (default: the
+      plugin's option, e.g. ``PolystorePlugin(options={"memory": {"replicas": 2}})``,
+      else 1). Each path is then written on k distinct workers (hosts, for
+      a per-host backend) side by side, and counted as held by those whose
+      write finished; a load runs on any live holder (the least busy). An
+      overwrite is ordered before every later operation, and the path's
+      holders switch to the new version when every replica's write has
+      finished. A background thread of the manager copies each path that
+      lost a holder (its worker left or restarted) from a live holder to
+      another worker until k hold it again; with fewer than k workers the
+      path stays where it is and a log line says so. Only when every holder
+      is lost does a load raise ``FileNotFoundError`` naming the path and
+      every holder. ``delete`` removes every replica; listings show each
+      path once. ``replicas`` above 1 on a ``"shared"`` backend raises
+      ``ValueError``.
 
     Paths are ordered and routed by the backend's canonical spelling
     (:attr:`~polystore.StorageBackend.path_spelling`), so two spellings of
@@ -105,12 +121,25 @@ class DaskFileManager:
         return f"DaskFileManager({self.client!r})"
 
     # -- writing ---------------------------------------------------------
-    def save(self, data: Any, path: PathLike, backend: str, *, overwrite: bool = False, **kwargs: Any) -> Future:
+    def save(
+        self,
+        data: Any,
+        path: PathLike,
+        backend: str,
+        *,
+        overwrite: bool = False,
+        replicas: int | None = None,
+        **kwargs: Any,
+    ) -> Future:
         """Store ``data`` (a value or a Future) at ``path`` on ``backend``; see :meth:`FileManager.save`.
 
-        A Future's data is saved on the worker that holds it.
+        A Future's data is saved on the worker that holds it. ``replicas=k``
+        (per-process and per-host backends only) keeps the path on k workers
+        (see the class notes); None: the plugin's ``replicas`` option for the
+        backend, else as the path already has, else 1.
         """
-        return self._placement(backend).save(data, path, {"overwrite": overwrite, **kwargs})
+        placement = self._placement(backend)
+        return placement.save(data, path, {"overwrite": overwrite, **kwargs, **_replicas(placement, replicas)})
 
     def save_batch(
         self,
@@ -119,6 +148,7 @@ class DaskFileManager:
         backend: str,
         *,
         overwrite: bool = False,
+        replicas: int | None = None,
         **kwargs: Any,
     ) -> Future:
         """Store each item of ``data_list`` at the matching path, in a few tasks; lengths must match.
@@ -126,9 +156,12 @@ class DaskFileManager:
         Items are grouped into about two tasks per worker (Future items on
         the worker holding them); the future resolves to None, or raises the
         error of the first failing group (items of other groups may be saved).
+        ``replicas`` as for :meth:`save`.
         """
         check_batch_lengths(data_list, paths, _name(backend))
-        return self._placement(backend).save_batch(data_list, paths, {"overwrite": overwrite, **kwargs})
+        placement = self._placement(backend)
+        options = {"overwrite": overwrite, **kwargs, **_replicas(placement, replicas)}
+        return placement.save_batch(data_list, paths, options)
 
     def ensure_directory(self, path: PathLike, backend: str) -> Future:
         """Create the directory ``path`` and its parents (idempotent)."""
@@ -143,18 +176,35 @@ class DaskFileManager:
         return self._placement(backend).delete(path, recursive)
 
     def copy(
-        self, src: PathLike, dst: PathLike, backend: str, *, overwrite: bool = False, recursive: bool = False
+        self,
+        src: PathLike,
+        dst: PathLike,
+        backend: str,
+        *,
+        overwrite: bool = False,
+        recursive: bool = False,
+        replicas: int | None = None,
     ) -> Future:
         """Copy ``src`` to ``dst`` within ``backend`` (a tree with ``recursive``); see :meth:`FileManager.copy`.
 
         Per process, the copy stays with the source's worker; a directory is
         copied on every worker keeping paths inside it, each its own part.
+        ``replicas`` as for :meth:`save` (None: as many as ``src`` has).
         """
-        return self._placement(backend).transfer("copy", src, dst, overwrite, recursive)
+        placement = self._placement(backend)
+        placement.check_replicas(replicas)
+        return placement.transfer("copy", src, dst, overwrite, recursive, replicas)
 
-    def move(self, src: PathLike, dst: PathLike, backend: str, *, overwrite: bool = False) -> Future:
-        """Move ``src`` to ``dst`` within ``backend``; per process, the data stays with the source's worker."""
-        return self._placement(backend).transfer("move", src, dst, overwrite, False)
+    def move(
+        self, src: PathLike, dst: PathLike, backend: str, *, overwrite: bool = False, replicas: int | None = None
+    ) -> Future:
+        """Move ``src`` to ``dst`` within ``backend``; per process, the data stays with the source's worker.
+
+        ``replicas`` as for :meth:`copy`.
+        """
+        placement = self._placement(backend)
+        placement.check_replicas(replicas)
+        return placement.transfer("move", src, dst, overwrite, False, replicas)
 
     # -- reading ---------------------------------------------------------
     def load(self, path: PathLike, backend: str, **kwargs: Any) -> Future:
@@ -341,6 +391,12 @@ class DaskFileManager:
             )
         with self._lock:
             return self._placements.setdefault(name, policy(traits, self._tasks))
+
+
+def _replicas(placement: Placement, replicas: int | None) -> dict[str, int]:
+    """The ``replicas`` option for ``placement``'s save (checked; none for a backend that does not replicate)."""
+    placement.check_replicas(replicas)
+    return {"replicas": replicas} if replicas is not None and placement.replicates else {}
 
 
 def _name(backend: Any) -> str:

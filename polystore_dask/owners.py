@@ -8,16 +8,26 @@ import posixpath
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from distributed import Client, Future
 
 from polystore.paths import sort_names
 from polystore_dask.errors import lost_error
 from polystore_dask.tasks import probe_kinds, probe_listing, probe_stat
-from polystore_dask.workers import Owner, Workers, run_everywhere
+from polystore_dask.workers import Holders, Keeper, Owner, Workers, run_everywhere
 
-__all__ = ["Owners"]
+__all__ = ["Owners", "Replicated"]
+
+
+class Replicated(NamedTuple):
+    """What the table knows of a replicated path: who holds its current version, how many should, which version."""
+
+    #: Every owner given the current version (the first is the path's owner), live or not.
+    holders: tuple[Owner, ...]
+    wanted: int
+    #: Changes with every save of the path, so a copy of an older version is never counted.
+    version: int
 
 
 class Owners:
@@ -40,8 +50,11 @@ class Owners:
         self._owners: dict[str, Owner] = {}
         #: For each directory: how many paths inside it each owner keeps.
         self._inside: dict[str, Counter[Owner]] = {}
+        #: The holders of each replicated path (saved with replicas > 1).
+        self._replicas: dict[str, Replicated] = {}
         self._lock = threading.Lock()
         self._turn = itertools.count()
+        self._versions = itertools.count(1)
 
     def workers(self) -> Workers:
         """A snapshot of the cluster, naming owners as this table does."""
@@ -62,6 +75,60 @@ class Owners:
         for ancestor in _ancestors(key):
             self._inside.setdefault(ancestor, Counter())[owner] += 1
 
+    def keeper(self, key: str) -> Keeper | None:
+        """Where ``key`` is kept: the holders of its replicas, else its owner (None: not known)."""
+        with self._lock:
+            replicated = self._replicas.get(key)
+            return Holders(replicated.holders) if replicated is not None else self._owners.get(key)
+
+    def replicated(self, key: str) -> Replicated | None:
+        with self._lock:
+            return self._replicas.get(key)
+
+    def replicated_paths(self) -> dict[str, Replicated]:
+        """A snapshot of every replicated path's record."""
+        with self._lock:
+            return dict(self._replicas)
+
+    def set_replicas(self, key: str, holders: Sequence[Owner], wanted: int) -> int:
+        """Record a new version of ``key``, to be held by ``holders`` (``wanted`` of them); return its version."""
+        with self._lock:
+            self._record(key, holders[0])
+            version = next(self._versions)
+            self._replicas[key] = Replicated(tuple(holders), wanted, version)
+            return version
+
+    def settle_replicas(self, key: str, version: int, holders: Sequence[Owner], wanted: int | None = None) -> None:
+        """Once a save of ``version`` of ``key`` finished: only ``holders`` hold it (none: forget the path).
+
+        With ``wanted``, ``holders`` keep the version before it (the save
+        failed there), which becomes the current one again. Nothing changes
+        if ``key`` was saved again meanwhile.
+        """
+        with self._lock:
+            replicated = self._replicas.get(key)
+            if replicated is None or replicated.version != version:
+                return
+            if not holders:
+                self._drop(key)
+                return
+            if self._owners.get(key) not in holders:
+                self._record(key, holders[0])
+            if wanted is None:
+                self._replicas[key] = replicated._replace(holders=tuple(holders))
+            else:
+                self._replicas[key] = Replicated(tuple(holders), wanted, next(self._versions))
+
+    def add_holder(self, key: str, version: int, owner: Owner) -> bool:
+        """Count a copy of ``version`` of ``key`` on ``owner``; False if the path changed since (not counted)."""
+        with self._lock:
+            replicated = self._replicas.get(key)
+            if replicated is None or replicated.version != version:
+                return False
+            if owner not in replicated.holders:
+                self._replicas[key] = replicated._replace(holders=(*replicated.holders, owner))
+            return True
+
     def forget(self, key: str, owner: Owner | None, *, inside: bool = False) -> None:
         """Drop ``key`` (and with ``inside`` every key under it) if still owned by ``owner``."""
         with self._lock:
@@ -75,6 +142,7 @@ class Owners:
 
     def _drop(self, key: str) -> None:
         """Remove ``key``'s owner and its counts in the directories above (lock held)."""
+        self._replicas.pop(key, None)
         owner = self._owners.pop(key, None)
         if owner is None:
             return
@@ -91,12 +159,14 @@ class Owners:
         prefix = source + "/" if source else ""
         with self._lock:
             copied = [
-                (posixpath.join(target, key[len(prefix):]), owner)
+                (posixpath.join(target, key[len(prefix):]), owner, self._replicas.get(key))
                 for key, owner in self._owners.items()
                 if key.startswith(prefix)
             ]
-            for key, owner in copied:
+            for key, owner, replicated in copied:
                 self._record(key, owner)
+                if replicated is not None:
+                    self._replicas[key] = replicated._replace(version=next(self._versions))
 
     def keepers_inside(self, key: str) -> list[Owner]:
         """The workers keeping paths inside ``key`` (for which ``key`` is a directory)."""
@@ -204,7 +274,7 @@ class Owners:
                 if stat["type"] == kind:
                     return stat
         if owner is not None and not owner_alive:
-            raise lost_error(self.backend, path, owner)
+            raise lost_error(self.backend, path, self.keeper(key) or owner)
         raise FileNotFoundError(errno.ENOENT, f"{self.backend} backend: no worker keeps anything at this path", path)
 
 

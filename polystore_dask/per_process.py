@@ -22,6 +22,7 @@ from polystore_dask.batching import group_items, holders_of, items_per_task, nby
 from polystore_dask.ordering import OrderedTasks
 from polystore_dask.owners import Owners
 from polystore_dask.placement import ArrayOptions, BatchPart, Placement
+from polystore_dask.replicas import Replication
 from polystore_dask.tasks import (
     Outcome,
     call,
@@ -36,7 +37,7 @@ from polystore_dask.tasks import (
     unwrap,
 )
 from polystore_dask.traits import BackendTraits, PathKey
-from polystore_dask.workers import Owner, Workers
+from polystore_dask.workers import Holders, Keeper, Owner, Workers
 
 if TYPE_CHECKING:
     import dask.array
@@ -50,14 +51,19 @@ class ProcessPlacement(Placement):
 
     #: The view of the cluster whose members own paths: here each worker process.
     workers_view: type[Workers] = Workers
+    replicates = True
 
     def __init__(self, traits: BackendTraits, tasks: OrderedTasks) -> None:
         super().__init__(traits, tasks)
         self.owners = Owners(tasks.client, traits.name, self.workers_view)
+        self.replication = Replication(self)
 
     # -- writing ---------------------------------------------------------
     def save(self, data: Any, path: PathLike, options: dict[str, Any]) -> Future:
         key = self.key(path)
+        wanted = self.replication.wanted(key[1], options.pop("replicas", None))
+        if wanted > 1 or self.owners.replicated(key[1]) is not None:
+            return self.replication.save_batch([data], [path], [key], options, [wanted])
         workers = self.owners.workers()
         owner = self.owners.live(key[1], workers) or self.owners.choose(key[1], workers, data)
         self.owners.set(key[1], owner)
@@ -69,6 +75,10 @@ class ProcessPlacement(Placement):
 
     def save_batch(self, data_list: Sequence[Any], paths: Sequence[PathLike], options: dict[str, Any]) -> Future:
         keys = [self.key(path) for path in paths]
+        requested = options.pop("replicas", None)
+        wanted = [self.replication.wanted(key[1], requested) for key in keys]
+        if any(count > 1 for count in wanted) or any(self.owners.replicated(key[1]) is not None for key in keys):
+            return self.replication.save_batch(data_list, paths, keys, options, wanted)
         workers = self.owners.workers()
         held = holders_of(self.client, data_list)
         places = [
@@ -116,7 +126,8 @@ class ProcessPlacement(Placement):
     def delete(self, path: PathLike, recursive: bool) -> Future:
         key = self.key(path)
         owner = self.owners.get(key[1])
-        if owner is not None and not self.owners.keepers_inside(key[1]):
+        replicated = self.owners.replicated(key[1]) is not None
+        if owner is not None and not replicated and not self.owners.keepers_inside(key[1]):
             future = self.tasks.run(
                 "delete", call, self.name, "delete", (path,), {"recursive": recursive},
                 path_args=(0,), owner=owner, writes=[key], pin=self.owners.workers().pin(owner),
@@ -149,14 +160,21 @@ class ProcessPlacement(Placement):
         self.tasks.record(barrier, writes=[key])
         return self.tasks.submit(f"polystore-{operation}-{token}", then, barrier, *args)
 
-    def transfer(self, operation: str, src: PathLike, dst: PathLike, overwrite: bool, recursive: bool) -> Future:
+    def transfer(
+        self, operation: str, src: PathLike, dst: PathLike, overwrite: bool, recursive: bool,
+        replicas: int | None = None,
+    ) -> Future:
         source, target = self.key(src), self.key(dst)
         if recursive and operation == "copy" and self._is_directory(source):
             return self._copy_tree(src, dst, overwrite)
         moving = operation == "move"
         options = {"overwrite": overwrite}
-        workers = self.owners.workers()
         owner = self._owner_for_reading(source)
+        of_source = self.owners.replicated(source[1])
+        wanted = self.replication.wanted(target[1], replicas if replicas or of_source is None else of_source.wanted)
+        if wanted > 1 or isinstance(owner, Holders) or self.owners.replicated(target[1]) is not None:
+            return self.replication.copy(operation, src, dst, overwrite, wanted, owner)
+        workers = self.owners.workers()
         keeper = self.owners.live(target[1], workers)
         if owner is None or keeper is None or keeper == owner:
             if owner is not None:
@@ -293,7 +311,7 @@ class ProcessPlacement(Placement):
         if unknown:
             self.tasks.settle_before(reads=unknown)
             self.owners.locate([key[1] for key in unknown])
-        owners: list[Owner | None] = [self.owners.get(key[1]) for key in keys]
+        owners: list[Keeper | None] = [self.owners.keeper(key[1]) for key in keys]
         return self.submit_loads(owners, paths, keys, options, workers)
 
     def query(self, method: str, path: PathLike, options: dict[str, Any]) -> Any:
@@ -307,9 +325,9 @@ class ProcessPlacement(Placement):
         wanted = {"exists": {"file", "dir"}, "is_file": {"file"}, "is_dir": {"dir"}}[method]
         return any(kind in wanted for kind in kinds)
 
-    def _owner_for_reading(self, key: PathKey) -> Owner | None:
-        """The worker to read a path on: its owner, else whoever has it (None: nobody)."""
-        owner = self.owners.get(key[1])
+    def _owner_for_reading(self, key: PathKey) -> Keeper | None:
+        """The worker to read a path on: its owner (the holders of its replicas), else whoever has it (None: nobody)."""
+        owner = self.owners.keeper(key[1])
         if owner is None:
             self.tasks.settle_before(reads=[key])
             found = self.owners.locate([key[1]]).get(key[1])

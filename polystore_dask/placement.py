@@ -25,9 +25,10 @@ from distributed import Future
 from polystore.backend import PathLike, check_batch_paths
 from polystore_dask.batching import group_items, items_per_task
 from polystore_dask.ordering import OrderedTasks
+from polystore_dask.plugin import check_replicas
 from polystore_dask.tasks import call, check_items, hold, join_batches, settle
 from polystore_dask.traits import BackendTraits, PathKey
-from polystore_dask.workers import Owner, Workers
+from polystore_dask.workers import Keeper, Owner, Workers
 
 if TYPE_CHECKING:
     import dask.array
@@ -57,6 +58,9 @@ class Placement(ABC):
     the backend argument.
     """
 
+    #: Whether paths of this backend can be held by several workers (``replicas=k``).
+    replicates = False
+
     def __init__(self, traits: BackendTraits, tasks: OrderedTasks) -> None:
         self.traits = traits
         self.tasks = tasks
@@ -85,8 +89,26 @@ class Placement(ABC):
         saves anything unless every check passed, so a bad item anywhere
         stops the whole batch before anything is written.
         """
-        check_batch_paths([key[1] for key in keys], paths, self.name, bool(options.get("overwrite")))
         token = uuid.uuid4().hex
+        saves, checks, held = self.submit_parts(token, parts, paths, keys, options)
+        return self.tasks.keep(self.tasks.submit(f"polystore-save_batch-{token}", settle, saves), saves, checks, held)
+
+    def submit_parts(
+        self,
+        token: str,
+        parts: list[BatchPart],
+        paths: Sequence[PathLike],
+        keys: Sequence[PathKey],
+        options: dict[str, Any],
+        replicas: bool = False,
+    ) -> tuple[list[Future], list[Future], list[Any]]:
+        """The tasks of :meth:`submit_batch`: each part's save, the checks they wait for, and their data.
+
+        With ``replicas``, parts with the same positions are replicas of the
+        same items: they are written side by side, and a replica whose holder
+        is gone does not stop the others.
+        """
+        check_batch_paths([key[1] for key in keys], paths, self.name, bool(options.get("overwrite")))
         origin = self.origin()
         held: list[Any] = [part.items for part in parts]
         checks: list[Future] = []
@@ -106,20 +128,26 @@ class Placement(ABC):
                 )
                 for index, (part, data) in enumerate(zip(parts, held, strict=True))
             ]
-        saves = [
-            self.tasks.start(
+        saves = []
+        # The replicas of the same items are parts with the same positions: they are written side by
+        # side (each follows what came before the first of them), other parts one after another.
+        afters: dict[tuple[int, ...], list[Future]] = {}
+        for index, (part, data) in enumerate(zip(parts, held, strict=True)):
+            writes = [keys[position] for position in part.positions]
+            after = afters.setdefault(tuple(part.positions), self.tasks.after(writes=writes))
+            save = self.tasks.submit(
                 f"polystore-save_batch-run-{token}-{index}", call, self.name, "save_batch",
                 (data, [paths[position] for position in part.positions]), options,
-                path_args=(1,), origin=origin, owner=part.owner, checks=checks,
-                writes=[keys[position] for position in part.positions], pin=part.pin,
+                path_args=(1,), origin=origin, owner=part.owner, checks=checks, after=after, pin=part.pin,
+                replicas=replicas,
             )
-            for index, (part, data) in enumerate(zip(parts, held, strict=True))
-        ]
-        return self.tasks.keep(self.tasks.submit(f"polystore-save_batch-{token}", settle, saves), saves, checks, held)
+            self.tasks.record(save, writes=writes)
+            saves.append(save)
+        return saves, checks, held
 
     def submit_loads(
         self,
-        owners: Sequence[Owner | None],
+        owners: Sequence[Keeper | None],
         paths: Sequence[PathLike],
         keys: Sequence[PathKey],
         options: dict[str, Any],
@@ -154,8 +182,27 @@ class Placement(ABC):
     def delete(self, path: PathLike, recursive: bool) -> Future: ...
 
     @abstractmethod
-    def transfer(self, operation: str, src: PathLike, dst: PathLike, overwrite: bool, recursive: bool) -> Future:
-        """``copy`` or ``move`` (``operation``) of ``src`` to ``dst``; ``recursive`` copies a directory tree."""
+    def transfer(
+        self, operation: str, src: PathLike, dst: PathLike, overwrite: bool, recursive: bool,
+        replicas: int | None = None,
+    ) -> Future:
+        """``copy`` or ``move`` (``operation``) of ``src`` to ``dst``; ``recursive`` copies a directory tree.
+
+        ``replicas``: how many workers hold ``dst`` (None: as ``src``, or the backend's default).
+        """
+
+    def check_replicas(self, replicas: int | None) -> None:
+        """Refuse ``replicas`` above 1 where paths are not kept per process or per host."""
+        if replicas is None:
+            return
+        replicas = check_replicas(replicas, self.name)
+        if replicas > 1 and not self.replicates:
+            raise ValueError(
+                f"{self.name} backend: replicas={replicas} applies only to backends whose data lives in a worker "
+                f"process or on a host (locality 'process' or 'host', e.g. 'memory' or 'scratch'); "
+                f"{self.traits.type_name} declares locality {self.traits.locality!r}: every worker sees its data "
+                "already, and it outlives any worker. Leave replicas out for it"
+            )
 
     # -- reading ---------------------------------------------------------
     @abstractmethod

@@ -13,7 +13,9 @@ from distributed.worker import Worker
 
 from polystore.registry import BackendRegistry
 
-__all__ = ["PolystorePlugin", "get_registry", "registry_of", "shown"]
+__all__ = [
+    "PolystorePlugin", "backend_options", "check_replicas", "default_replicas", "get_registry", "registry_of", "shown"
+]
 
 #: How long a task waits for a setup that is still running on its worker.
 _SETUP_WAIT_SECONDS = 60.0
@@ -46,7 +48,11 @@ class PolystorePlugin(WorkerPlugin):
         Constructor keyword arguments by backend name, as for
         :class:`~polystore.BackendRegistry`, e.g. ``{"disk": {"root": "/scratch"}}``.
         Each backend named here is created during setup, so invalid options
-        fail at registration rather than in the first task.
+        fail at registration rather than in the first task. One option is
+        the manager's, not the constructor's: ``replicas`` (a positive int,
+        default 1), how many workers hold each path of a per-process or
+        per-host backend that a save does not give ``replicas=`` for, e.g.
+        ``{"memory": {"replicas": 2}}`` (see :class:`~polystore_dask.DaskFileManager`).
     imports
         Modules to import on each worker before the registry is built, so
         that the backends they define register there.
@@ -97,7 +103,7 @@ class PolystorePlugin(WorkerPlugin):
         try:
             for module in self.imports:
                 importlib.import_module(module)
-            registry = BackendRegistry(self.options)
+            registry = BackendRegistry(backend_options(self.options))
             for name in self.options:
                 registry[name]
         except Exception as error:
@@ -233,7 +239,39 @@ def _checked_options(options: Mapping[str, Mapping[str, Any]] | None) -> dict[st
                 f"not {type(kwargs).__name__}"
             )
         checked[name] = dict(kwargs)
+        if "replicas" in kwargs:
+            check_replicas(kwargs["replicas"], name)
     return checked
+
+
+def backend_options(options: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``options`` as the backends' constructors take them: without ``replicas``, which the manager reads."""
+    return {
+        name: {key: value for key, value in kwargs.items() if key != "replicas"} for name, kwargs in options.items()
+    }
+
+
+def default_replicas(worker: Worker, backend: str) -> int:
+    """The ``replicas`` the plugin on ``worker`` sets for ``backend`` (1 if none)."""
+    plugin = worker.plugins.get(PolystorePlugin.name)
+    options = plugin.options if isinstance(plugin, PolystorePlugin) else {}
+    replicas: int = options.get(backend, {}).get("replicas", 1)
+    return replicas
+
+
+def check_replicas(replicas: Any, backend: str) -> int:
+    """``replicas`` as a count of holders: a positive int, else ``ValueError`` (``TypeError``) saying so."""
+    if isinstance(replicas, bool) or not isinstance(replicas, int):
+        raise TypeError(
+            f"{backend} backend: replicas must be a positive int (how many workers hold each path), "
+            f"not {type(replicas).__name__} ({replicas!r})"
+        )
+    if replicas < 1:
+        raise ValueError(
+            f"{backend} backend: replicas={replicas} must be at least 1 (how many workers hold each path; "
+            "1 is one worker, as without replicas)"
+        )
+    return replicas
 
 
 def _checked_imports(imports: Iterable[str]) -> tuple[str, ...]:

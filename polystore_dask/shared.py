@@ -67,7 +67,11 @@ class SharedPlacement(Placement):
             path_args=(0,), origin=self.origin(), writes=[self.key(path)],
         )
 
-    def transfer(self, operation: str, src: PathLike, dst: PathLike, overwrite: bool, recursive: bool) -> Future:
+    def transfer(
+        self, operation: str, src: PathLike, dst: PathLike, overwrite: bool, recursive: bool,
+        replicas: int | None = None,
+    ) -> Future:
+        self.check_replicas(replicas)
         source, target = self.key(src), self.key(dst)
         moving = operation == "move"
         options = {"overwrite": overwrite, **({"recursive": True} if recursive else {})}

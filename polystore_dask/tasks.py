@@ -23,7 +23,7 @@ from distributed.worker import Worker
 from polystore.backend import StorageBackend
 from polystore_dask.errors import LostPathError, lost_error, portable
 from polystore_dask.plugin import registry_of
-from polystore_dask.workers import Owner
+from polystore_dask.workers import Keeper, Owner
 
 __all__ = [
     "Outcome",
@@ -34,6 +34,7 @@ __all__ = [
     "collect",
     "copy_tree_here",
     "delete_after",
+    "delete_after_copies",
     "delete_here",
     "here",
     "hold",
@@ -45,6 +46,7 @@ __all__ = [
     "resolve",
     "same_data",
     "save_loaded",
+    "save_loaded_batch",
     "settle",
     "settle_copies",
     "settle_deletes",
@@ -98,7 +100,7 @@ def resolve(path: Any, target: StorageBackend, origin: str | None) -> Any:
     return os.path.join(origin, text)
 
 
-def check_owner(owner: Owner, worker: Worker, backend: str, paths: Sequence[Any]) -> None:
+def check_owner(owner: Keeper, worker: Worker, backend: str, paths: Sequence[Any]) -> None:
     """Raise ``FileNotFoundError`` unless this task runs where ``paths`` are kept (a process, or a host).
 
     Tasks for a per-process path are pinned to its owner's address (for a
@@ -118,9 +120,10 @@ def call(
     *,
     path_args: tuple[int, ...] = (),
     origin: str | None = None,
-    owner: Owner | None = None,
+    owner: Keeper | None = None,
     after: Sequence[Any] = (),
     checks: Sequence[Outcome] = (),
+    replicas: bool = False,
 ) -> Outcome:
     """Call ``registry[backend].method(*args, **kwargs)`` on this worker.
 
@@ -136,9 +139,12 @@ def call(
     checks
         Outcomes of :func:`check_items` for the whole operation: if one
         failed, nothing is done and its error is the outcome.
+    replicas
+        The checks are of the replicas of the same items: a check that found
+        its holder gone does not stop the others.
     """
     for check in checks:
-        if check.error is not None:
+        if check.error is not None and not (replicas and isinstance(check.error, LostPathError)):
             return check
     try:
         worker = get_worker()
@@ -186,7 +192,7 @@ def with_host(error: Exception) -> Exception:
 
 def check_items(
     backend: str, data_list: list[Any], paths: list[Any], options: dict[str, Any], *, origin: str | None = None,
-    owner: Owner | None = None,
+    owner: Keeper | None = None,
 ) -> Outcome:
     """Check on this worker that saving each item would succeed (``check_save``), writing nothing."""
     try:
@@ -291,7 +297,7 @@ def join_batches(outcomes: Sequence[Outcome], positions: Sequence[Sequence[int]]
         if isinstance(first, LostPathError):
             same = [error for error in errors if isinstance(error, LostPathError) and error.owner == first.owner]
             total = sum(error.count for error in same)
-            raise lost_error(first.backend, first.filename, first.owner, total - 1)
+            raise lost_error(first.backend, first.filename, first.keeper, total - 1)
         raise first
     values: list[Any] = [None] * count
     for outcome, where in zip(outcomes, positions, strict=True):
@@ -316,11 +322,28 @@ def save_loaded(
     return call(backend, "save", (loaded.value, path), {"overwrite": overwrite}, path_args=(1,), owner=owner)
 
 
+def save_loaded_batch(
+    loaded: Outcome, backend: str, paths: list[str], owner: Owner, after: Sequence[Any] = ()
+) -> Outcome:
+    """Save what another worker loaded by ``load_batch`` (a replica copied to a new holder), unless that failed."""
+    if loaded.error is not None:
+        return loaded
+    return call(backend, "save_batch", (loaded.value, paths), {"overwrite": True}, path_args=(1,), owner=owner)
+
+
 def delete_after(saved: Outcome, backend: str, path: str, owner: Owner) -> Outcome:
     """Delete the source of a move between owners once its copy is saved."""
     if saved.error is not None:
         return saved
     return call(backend, "delete", (path,), {}, path_args=(0,), owner=owner)
+
+
+def delete_after_copies(copies: Sequence[Outcome], backend: str, path: str, owner: Owner) -> Outcome:
+    """Delete one replica of the source of a move once a copy of it is saved (a missing one is no error)."""
+    if not any(copy.error is None for copy in copies):
+        return next(copy for copy in copies if copy.error is not None) if copies else Outcome()
+    outcome = delete_here(backend, path, False, owner)
+    return outcome if outcome.error is not None else Outcome()
 
 
 def delete_here(backend: str, path: str, recursive: bool, owner: Owner, after: Sequence[Any] = ()) -> Outcome:

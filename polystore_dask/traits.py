@@ -19,7 +19,7 @@ from distributed import Client, get_worker
 
 from polystore.backend import Locality, PathLike
 from polystore.paths import PathSpelling
-from polystore_dask.plugin import get_registry
+from polystore_dask.plugin import default_replicas, get_registry
 from polystore_dask.sharing import Marker, check_shared, leave_marker
 
 __all__ = ["BackendTraits", "KnownBackends", "PathKey", "describe", "learn"]
@@ -37,6 +37,8 @@ class BackendTraits:
     supports_regions: bool
     spelling: PathSpelling
     type_name: str
+    #: How many workers hold each path a save does not say ``replicas=`` for (the plugin's option).
+    replicas: int = 1
 
     def key(self, path: PathLike, origin: str) -> PathKey:
         """The canonical identity of ``path``, the same on the client as on a worker.
@@ -50,12 +52,21 @@ class BackendTraits:
 def describe(backend: str) -> BackendTraits:
     """Run on a worker: what the class of ``backend`` in its registry declares."""
     target = get_registry()[backend]
+    locality = type(target).locality
+    replicas = default_replicas(get_worker(), backend)
+    if replicas > 1 and locality == "shared":
+        raise ValueError(
+            f"{backend} backend: the polystore plugin's option replicas={replicas} applies only to backends whose "
+            f"data lives in a worker process or on a host (locality 'process' or 'host'); {type(target).__name__} "
+            "declares locality 'shared': every worker sees its data already. Register the plugin without it"
+        )
     return BackendTraits(
         name=backend,
-        locality=type(target).locality,
+        locality=locality,
         supports_regions=type(target).supports_regions,
         spelling=target.path_spelling,
         type_name=type(target).__name__,
+        replicas=replicas,
     )
 
 

@@ -11,7 +11,7 @@ from distributed import Client
 
 from polystore.backend import Locality
 
-__all__ = ["HostWorkers", "Owner", "Workers", "run_everywhere", "worker_ids"]
+__all__ = ["Holders", "HostWorkers", "Keeper", "Owner", "Workers", "run_everywhere", "worker_ids"]
 
 
 class Owner(NamedTuple):
@@ -40,6 +40,27 @@ class Owner(NamedTuple):
         return cls("", "", socket.gethostname()) if locality == "host" else cls(worker.address, worker.id)
 
 
+class Holders(NamedTuple):
+    """Where a replicated path's data is kept: every owner (worker or host) it was given to, live or not.
+
+    A task for the path may run on any of them; the ones that have left stay
+    named, so the error for a path whose last replica is lost names them all.
+    """
+
+    owners: tuple[Owner, ...]
+
+    def __str__(self) -> str:
+        return ", ".join(map(str, self.owners))
+
+    def is_here(self, worker: Any) -> bool:
+        """Whether a task running on ``worker`` runs where one of the replicas is kept."""
+        return any(owner.is_here(worker) for owner in self.owners)
+
+
+#: What a task of a kept path checks it runs on: one owner, or the holders of its replicas.
+Keeper = Owner | Holders
+
+
 def worker_ids(dask_scheduler: Any) -> dict[str, tuple[str, bool]]:
     """For ``client.run_on_scheduler``: each worker's id and whether it takes new tasks."""
     running = dask_scheduler.running
@@ -64,11 +85,17 @@ class Workers:
         running = [owner for owner in self.owners() if self.members[owner.address][1]]
         return running or self.owners()
 
-    def alive(self, owner: Owner | None) -> bool:
-        """Whether ``owner``'s process is still in the cluster."""
+    def alive(self, owner: Keeper | None) -> bool:
+        """Whether ``owner``'s process (one of the holders' processes) is still in the cluster."""
+        if isinstance(owner, Holders):
+            return any(self.alive(each) for each in owner.owners)
         return owner is not None and self.members.get(owner.address, (None,))[0] == owner.worker_id
 
-    def pin(self, owner: Owner | None) -> list[str] | None:
+    def live(self, holders: Holders) -> list[Owner]:
+        """The holders still in the cluster, in their order."""
+        return [owner for owner in holders.owners if self.alive(owner)]
+
+    def pin(self, owner: Keeper | None) -> list[str] | None:
         """The ``workers=`` for a task of a path kept by ``owner``: its address, if it is still here.
 
         distributed runs a task pinned with ``allow_other_workers=True`` on
@@ -77,6 +104,8 @@ class Workers:
         join. So a task for a path whose owner has left is not pinned: it
         runs anywhere and reports the loss (see ``tasks.check_owner``).
         """
+        if isinstance(owner, Holders):
+            return sorted({address for each in owner.owners for address in self.pin(each) or ()}) or None
         return [owner.address] if owner is not None and self.alive(owner) else None
 
     def at(self, address: str) -> Owner | None:
@@ -126,14 +155,18 @@ class HostWorkers(Workers):
         running = {self.hosts[address] for address, (_, takes) in self.members.items() if takes}
         return [Owner("", "", host) for host in sorted(running)] or self.owners()
 
-    def alive(self, owner: Owner | None) -> bool:
-        """Whether a worker runs on ``owner``'s host."""
+    def alive(self, owner: Keeper | None) -> bool:
+        """Whether a worker runs on ``owner``'s host (on one of the holders' hosts)."""
+        if isinstance(owner, Holders):
+            return any(self.alive(each) for each in owner.owners)
         return owner is not None and owner.host in self.hosts.values()
 
-    def pin(self, owner: Owner | None) -> list[str] | None:
+    def pin(self, owner: Keeper | None) -> list[str] | None:
         """The live workers on ``owner``'s host (None if it has none left: see :meth:`Workers.pin`)."""
         if owner is None:
             return None
+        if isinstance(owner, Holders):
+            return sorted({address for each in owner.owners for address in self.pin(each) or ()}) or None
         return sorted(address for address, host in self.hosts.items() if host == owner.host) or None
 
     def at(self, address: str) -> Owner | None:
