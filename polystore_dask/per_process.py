@@ -144,7 +144,7 @@ class ProcessPlacement(Placement):
             )
         def forget(done: Future) -> None:
             if done.status == "finished":
-                self.owners.forget(key[1], owner, inside=True)
+                self.owners.forget(key[1], None if replicated else owner, inside=True)
 
         future.add_done_callback(forget)
         return future

@@ -25,7 +25,8 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from distributed import Future, wait
@@ -38,7 +39,7 @@ from polystore_dask.placement import BatchPart
 from polystore_dask.plugin import check_replicas
 from polystore_dask.tasks import Outcome, call, collect, delete_after_copies, save_loaded, save_loaded_batch
 from polystore_dask.traits import PathKey
-from polystore_dask.workers import Holders, Owner, Workers
+from polystore_dask.workers import Holders, HostWorkers, Owner, Workers, hostnames
 
 if TYPE_CHECKING:
     from polystore_dask.per_process import ProcessPlacement
@@ -57,18 +58,26 @@ HEAL_PATHS_PER_TASK = 2_000
 HEAL_WAIT = 120.0
 
 
-def fill(live: Sequence[Owner], running: Sequence[Owner], wanted: int) -> list[Owner]:
-    """``live``, then running owners after the last of them in turn, until ``wanted`` distinct ones (or no more)."""
+def fill(
+    live: Sequence[Owner], running: Sequence[Owner], wanted: int, host_of: Callable[[Owner], str] = str
+) -> list[Owner]:
+    """``live``, then running owners after the last of them in turn, until ``wanted`` distinct ones (or no more).
+
+    Owners on a host (``host_of``) that holds none of the chosen yet come first.
+    """
     chosen = list(dict.fromkeys(live))
     if not running:
         return chosen
     start = running.index(chosen[-1]) + 1 if chosen and chosen[-1] in running else 0
-    for step in range(len(running)):
-        if len(chosen) >= wanted:
-            break
-        candidate = running[(start + step) % len(running)]
-        if candidate not in chosen:
-            chosen.append(candidate)
+    in_turn = [running[(start + step) % len(running)] for step in range(len(running))]
+    hosts = {host_of(owner) for owner in chosen}
+    for spread in (True, False):
+        for owner in in_turn:
+            if len(chosen) >= wanted:
+                return chosen
+            if owner not in chosen and not (spread and host_of(owner) in hosts):
+                chosen.append(owner)
+                hosts.add(host_of(owner))
     return chosen
 
 
@@ -117,13 +126,22 @@ class Replication:
         replicated = self.owners.replicated(key)
         return replicated.wanted if replicated is not None else self.placement.traits.replicas
 
-    def holders_for(self, key: str, wanted: int, workers: Workers, first: Owner | None) -> tuple[Owner, ...]:
+    def host_of(self, workers: Workers) -> Callable[[Owner], str]:
+        """The host of each owner of ``workers``: replicas go to distinct hosts where there are enough."""
+        if isinstance(workers, HostWorkers):
+            return lambda owner: owner.host
+        hosts = hostnames(self.client, workers.members)
+        return lambda owner: hosts.get(owner.address, owner.address)
+
+    def holders_for(
+        self, key: str, wanted: int, workers: Workers, first: Owner | None, host_of: Callable[[Owner], str]
+    ) -> tuple[Owner, ...]:
         """Who holds a new version of ``key``: its live holders (or ``first``), and more in turn up to ``wanted``."""
         replicated = self.owners.replicated(key)
         live = [] if replicated is None else workers.live(Holders(replicated.holders))
         if not live:
             live = [self.owners.live(key, workers) or first or self.owners.choose(key, workers)]
-        return tuple(fill(live, workers.running(), max(wanted, len(live))))
+        return tuple(fill(live, workers.running(), max(wanted, len(live)), host_of))
 
     def save_batch(
         self, data_list: Sequence[Any], paths: Sequence[PathLike], keys: Sequence[PathKey], options: dict[str, Any],
@@ -132,8 +150,9 @@ class Replication:
         """Save each item on its holders, every replica a part of one batch: see :func:`settle_replicas`."""
         workers = self.owners.workers()
         held = holders_of(self.client, data_list)
+        host_of = self.host_of(workers)
         chosen = [
-            self.holders_for(key[1], count, workers, workers.at(held.get(index, "")))
+            self.holders_for(key[1], count, workers, workers.at(held.get(index, "")), host_of)
             for index, (key, count) in enumerate(zip(keys, wanted, strict=True))
         ]
         short = sum(1 for holders, count in zip(chosen, wanted, strict=True) if len(holders) < count)
@@ -203,7 +222,7 @@ class Replication:
         else:
             live = [source] if source is not None and workers.alive(source) else []
         first = live[0] if live else None
-        holders = self.holders_for(target[1], wanted, workers, first)
+        holders = self.holders_for(target[1], wanted, workers, first, self.host_of(workers))
         previous = self.owners.replicated(target[1])
         version = self.owners.set_replicas(target[1], holders, wanted)
         token = uuid.uuid4().hex
@@ -286,24 +305,13 @@ class Healer:
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(
-                    target=self._run, name=f"polystore-healer-{self.replication.name}", daemon=True
+                    target=_keep_healing, args=(weakref.ref(self), self._wake, self.replication.client),
+                    name=f"polystore-healer-{self.replication.name}", daemon=True,
                 )
                 self._thread.start()
             self._dirty = True
         self._wake.set()
 
-    def _run(self) -> None:
-        client = self.replication.client
-        while client.status not in ("closing", "closed"):
-            self._wake.wait(HEAL_INTERVAL)
-            self._wake.clear()
-            try:
-                self.heal()
-            except Exception as error:
-                if client.status in ("closing", "closed"):
-                    return
-                logger.warning("%s backend: healing replicas failed this time (%s); trying again",
-                               self.replication.name, error)
 
     def heal(self) -> int:
         """One pass: copy under-replicated paths (at most :data:`HEAL_PATHS_PER_PASS`); return how many were copied."""
@@ -319,22 +327,24 @@ class Healer:
             return 0
         self._seen = dict(workers.members)
         running = workers.running()
+        host_of = replication.host_of(workers)
         plans: dict[tuple[Owner, Owner], list[tuple[str, int]]] = {}
-        short = 0
-        turn = 0
+        short = turn = planned = 0
         for key, record in records.items():
             live = workers.live(Holders(record.holders))
             if not live or len(live) >= record.wanted:
                 continue
-            candidates = [owner for owner in running if owner not in live]
-            need = record.wanted - len(live)
-            if len(candidates) < need:
+            others = [owner for owner in running if owner not in live]
+            # In turn, so the copies spread over the workers; on hosts holding none yet first.
+            shift = turn % len(others) if others else 0
+            targets = fill(live, others[shift:] + others[:shift], record.wanted, host_of)[len(live):]
+            if len(live) + len(targets) < record.wanted:
                 short += 1
-            for step in range(min(need, len(candidates))):
-                target = candidates[(turn + step) % len(candidates)]
+            for target in targets:
                 plans.setdefault((live[0], target), []).append((key, record.version))
+                planned += 1
             turn += 1
-            if sum(map(len, plans.values())) >= HEAL_PATHS_PER_PASS:
+            if planned >= HEAL_PATHS_PER_PASS:
                 break
         if short and short != self._shortage:
             logger.warning(
@@ -344,9 +354,9 @@ class Healer:
             )
         self._shortage = short
         copies = []
-        for (source, target), planned in plans.items():
-            for start in range(0, len(planned), HEAL_PATHS_PER_TASK):
-                chunk = planned[start:start + HEAL_PATHS_PER_TASK]
+        for (source, target), paths in plans.items():
+            for start in range(0, len(paths), HEAL_PATHS_PER_TASK):
+                chunk = paths[start:start + HEAL_PATHS_PER_TASK]
                 copies.append((target, chunk, self._copy(source, target, [key for key, _ in chunk], workers)))
         if not copies:
             return 0
@@ -379,3 +389,20 @@ class Healer:
             f"polystore-heal-run-{token}-save", save_loaded_batch, loaded, name, paths, target,
             reads=path_keys, pin=workers.pin(target),
         )
+
+
+def _keep_healing(healer: weakref.ref[Healer], wake: threading.Event, client: Any) -> None:
+    """The healer's thread: a pass when woken or every :data:`HEAL_INTERVAL`, until its manager or client is gone."""
+    while client.status not in ("closing", "closed"):
+        wake.wait(HEAL_INTERVAL)
+        wake.clear()
+        alive = healer()
+        if alive is None:
+            return
+        try:
+            alive.heal()
+        except Exception as error:
+            if client.status in ("closing", "closed"):
+                return
+            logger.warning("%s backend: a healing pass failed (%s); trying again", alive.replication.name, error)
+        del alive

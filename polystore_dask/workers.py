@@ -11,7 +11,7 @@ from distributed import Client
 
 from polystore.backend import Locality
 
-__all__ = ["Holders", "HostWorkers", "Keeper", "Owner", "Workers", "run_everywhere", "worker_ids"]
+__all__ = ["Holders", "HostWorkers", "Keeper", "Owner", "Workers", "hostnames", "run_everywhere", "worker_ids"]
 
 
 class Owner(NamedTuple):
@@ -123,6 +123,21 @@ def _hostname(dask_worker: Any) -> tuple[str, str]:
     return dask_worker.id, socket.gethostname()
 
 
+def hostnames(client: Client, members: dict[str, tuple[str, bool]]) -> dict[str, str]:
+    """The hostname of each worker of ``members`` (address -> (id, ...)) that can be reached, by address."""
+    with _HOSTNAMES_LOCK:
+        unknown = [address for address, (worker_id, _) in members.items() if worker_id not in _HOSTNAMES]
+    if unknown:
+        answers = client.run(_hostname, workers=unknown, on_error="return")
+        with _HOSTNAMES_LOCK:
+            for answer in answers.values():
+                if isinstance(answer, tuple):
+                    _HOSTNAMES[answer[0]] = answer[1]
+    with _HOSTNAMES_LOCK:
+        known = {address: _HOSTNAMES.get(worker_id) for address, (worker_id, _) in members.items()}
+    return {address: host for address, host in known.items() if host is not None}
+
+
 class HostWorkers(Workers):
     """The same snapshot by host: each owner is a host, served by any of its live workers.
 
@@ -132,18 +147,8 @@ class HostWorkers(Workers):
 
     def __init__(self, client: Client) -> None:
         super().__init__(client)
-        with _HOSTNAMES_LOCK:
-            unknown = [address for address, (worker_id, _) in self.members.items() if worker_id not in _HOSTNAMES]
-        if unknown:
-            answers = client.run(_hostname, workers=unknown, on_error="return")
-            with _HOSTNAMES_LOCK:
-                for answer in answers.values():
-                    if isinstance(answer, tuple):
-                        _HOSTNAMES[answer[0]] = answer[1]
-        with _HOSTNAMES_LOCK:
-            known = {address: _HOSTNAMES.get(worker_id) for address, (worker_id, _) in self.members.items()}
         #: The host of each worker.
-        self.hosts: dict[str, str] = {address: host for address, host in known.items() if host is not None}
+        self.hosts: dict[str, str] = hostnames(client, self.members)
         self.members = {address: member for address, member in self.members.items() if address in self.hosts}
 
     def owners(self) -> list[Owner]:

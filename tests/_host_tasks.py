@@ -58,3 +58,11 @@ def fill_disk(path: str, size: int) -> None:
 
 def remove(path: str) -> None:
     os.remove(path)
+
+
+def kept_here(backend: str, paths: list[str], dask_worker: Any) -> tuple[str, list[str]]:
+    """For ``client.run``: this worker's hostname and which of ``paths`` its ``backend`` keeps."""
+    from polystore_dask.plugin import registry_of
+
+    target = registry_of(dask_worker)[backend]
+    return socket.gethostname(), [path for path in paths if target.is_file(path)]
