@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import dask_bench, disk, hosts_bench, limits, memory, s3_bench, scale, zarr_bench
+from benchmarks import dask_bench, disk, hosts_bench, limits, memory, replicas_bench, s3_bench, scale, zarr_bench
 from benchmarks._harness import Bench, Result
 from benchmarks._report import merge, render
 
@@ -26,6 +26,7 @@ AREAS: list[tuple[tuple[str, ...], Callable[[Bench, set[str]], list[Result]]]] =
     (("10", "11", "12", "13"), s3_bench.run),
     (("14",), scale.run),
     (("15",), hosts_bench.run),
+    (("16",), replicas_bench.run),
 ]
 ALL_ROWS = [row for rows, _ in AREAS for row in rows]
 

@@ -168,7 +168,9 @@ class Replication:
             for key, holders, count in zip(keys, chosen, wanted, strict=True)
         ]
         token = uuid.uuid4().hex
-        groups = group_items(chosen, items_per_task(len(keys), len(workers)), [nbytes(data) for data in data_list])
+        # About two tasks per worker in all, as without replicas: each part is written k times.
+        per_task = items_per_task(sum(map(len, chosen)), len(workers))
+        groups = group_items(chosen, per_task, [nbytes(data) for data in data_list])
         parts: list[BatchPart] = []
         for holders, positions in groups:
             # Large data is scattered once (the holders fetch it); small data goes to each holder in its
