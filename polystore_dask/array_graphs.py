@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import itertools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dask.array as da
@@ -49,7 +49,7 @@ from polystore_dask.ordering import OrderedTasks
 from polystore_dask.owners import Owners
 from polystore_dask.tasks import attempt
 from polystore_dask.traits import BackendTraits, PathKey
-from polystore_dask.workers import Owner, run_everywhere
+from polystore_dask.workers import Keeper, Owner, run_everywhere
 
 __all__ = ["load_blocks", "load_by_region", "save_blocks", "save_by_region"]
 
@@ -152,10 +152,12 @@ def save_blocks(
     path: PathLike,
     key: PathKey,
     options: dict[str, Any],
+    kept_by: Callable[[dict[str, Owner]], None] | None = None,
 ) -> Delayed | None:
     """Keep each block of ``x`` where it is computed, at ``<path>/<i>.<j>...``, the layout beside them.
 
     Where: on the worker that computes it, or for a per-host backend on its host.
+    ``kept_by`` is told who keeps each block (and the layout) once all are kept.
     """
     x = _as_dask_array(x)
     layout_name, suffix = _kept_names(traits)
@@ -201,6 +203,8 @@ def save_blocks(
     kept = client.compute(Delayed(owners_key, graph, layer=done)).result()
     for block_path, owner in kept.items():
         owners.set(block_path, owner)
+    if kept_by is not None:
+        kept_by(kept)
     return None
 
 
@@ -224,7 +228,7 @@ def load_blocks(
         for block_name in names:
             holders.setdefault(block_name, owner)
     if layout is None:
-        keeper = owners.get(join_key(canonical, layout_name)) or recorded.get(join_key(canonical, layout_name))
+        keeper = owners.keeper(join_key(canonical, layout_name)) or recorded.get(join_key(canonical, layout_name))
         if keeper is not None and not workers.alive(keeper):
             raise lost_error(backend, str(path), keeper)
         raise FileNotFoundError(
@@ -243,9 +247,14 @@ def load_blocks(
     layer: dict[Any, Any] = {}
     for index, _ in _blocks(stored):
         block_path = _block_path(canonical, index, suffix)
-        owner = holders.get(block_path) or owners.get(block_path) or recorded.get(block_path)
+        # A replicated block is read on any live holder (the least busy), others where the probe found them.
+        reader: Keeper | None = (
+            owners.keeper(block_path) if owners.replicated(block_path) is not None
+            else holders.get(block_path) or owners.keeper(block_path) or recorded.get(block_path)
+        )
         layer[(name, *index)] = tasks.submit(
-            f"{name}-{'.'.join(map(str, index))}", read_kept_block, backend, block_path, owner, pin=workers.pin(owner),
+            f"{name}-{'.'.join(map(str, index))}", read_kept_block, backend, block_path, reader,
+            pin=workers.pin(reader),
         )
     graph = HighLevelGraph.from_collections(name, layer, dependencies=())
     array = da.Array(graph, name, stored, dtype=dtype, meta=np.empty((0,) * len(stored), dtype))

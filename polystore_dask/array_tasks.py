@@ -16,7 +16,7 @@ from polystore.errors import UnsupportedFormatError
 from polystore_dask.errors import portable
 from polystore_dask.plugin import get_registry, registry_of
 from polystore_dask.tasks import check_owner, here, is_rerun, resolve, with_host
-from polystore_dask.workers import Owner
+from polystore_dask.workers import Keeper, Owner
 
 __all__ = [
     "LAYOUT",
@@ -213,7 +213,7 @@ def store_layout(
     return kept
 
 
-def read_kept_block(backend: str, block_path: str, owner: Owner | None) -> np.ndarray:
+def read_kept_block(backend: str, block_path: str, owner: Keeper | None) -> np.ndarray:
     """Return one block of an array kept per process, from the worker that keeps it."""
     worker = get_worker()
     if owner is not None:

@@ -272,6 +272,7 @@ class DaskFileManager:
         resume: bool = False,
         dimension_names: Sequence[str | None] | None = None,
         attributes: dict[str, Any] | None = None,
+        replicas: int | None = None,
     ) -> Delayed | None:
         """Write the dask array (or DataArray) ``x`` to ``path``, each block by a task on the worker that holds it.
 
@@ -336,6 +337,11 @@ class DaskFileManager:
         attributes
             A dict of JSON values stored with the array (merged over a
             DataArray's ``attrs``).
+        replicas
+            Per process or per host: keep each block (and the layout) on
+            this many workers; they are copied from the worker that computed
+            each block before this returns (needs ``compute=True``). None:
+            the plugin's ``replicas`` option for the backend, else 1.
 
         Raises
         ------
@@ -350,7 +356,8 @@ class DaskFileManager:
             "chunks": chunks, "shards": shards, "compressor": compressor, "overwrite": overwrite, "compute": compute,
             "resume": resume, "dimension_names": dimension_names, "attributes": attributes,
         }
-        return self._placement(backend).save_array(data, path, options)
+        placement = self._placement(backend)
+        return placement.save_array(data, path, {**options, **_replicas(placement, replicas)})
 
     def load_array(
         self, path: PathLike, backend: str = "zarr", chunks: Any = None, *, as_dataarray: bool = False

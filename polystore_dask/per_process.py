@@ -336,7 +336,17 @@ class ProcessPlacement(Placement):
 
     # -- arrays ----------------------------------------------------------
     def save_array(self, x: dask.array.Array, path: PathLike, options: ArrayOptions) -> Delayed | None:
-        return array_graphs.save_blocks(self.tasks, self.owners, self.traits, x, path, self.key(path), options)
+        requested = options.pop("replicas", None)
+        wanted = self.traits.replicas if requested is None else requested
+        if wanted > 1 and not options["compute"]:
+            raise ValueError(
+                f"{self.name} backend: save_array(..., replicas={wanted}) needs compute=True (the replicas are "
+                "made once every block is kept); compute the Delayed of a replicas=1 save instead"
+            )
+        return array_graphs.save_blocks(
+            self.tasks, self.owners, self.traits, x, path, self.key(path), options,
+            kept_by=None if wanted == 1 else lambda kept: self.replication.replicate(kept, wanted),
+        )
 
     def load_array(self, path: PathLike, chunks: Any) -> dask.array.Array:
         return array_graphs.load_blocks(self.tasks, self.owners, self.traits, path, self.key(path), chunks)

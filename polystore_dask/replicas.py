@@ -212,6 +212,12 @@ class Replication:
         self.healer.wake()
         return self.tasks.keep(future, saves, checks, sent, barrier)
 
+    def replicate(self, kept: dict[str, Owner], wanted: int) -> None:
+        """Copy paths kept once (blocks of an array, by ``kept``) to ``wanted`` holders each, now."""
+        for key, owner in kept.items():
+            self.owners.set_replicas(key, (owner,), wanted)
+        self.healer.heal(force=True)
+
     def copy(
         self, operation: str, src: PathLike, dst: PathLike, overwrite: bool, wanted: int, source: Any
     ) -> Future:
@@ -296,6 +302,8 @@ class Healer:
         self.replication = replication
         self._wake = threading.Event()
         self._lock = threading.Lock()
+        #: One pass at a time (the thread's, or a save_array's own).
+        self._passing = threading.Lock()
         self._thread: threading.Thread | None = None
         self._shortage = 0
         self._seen: dict[str, tuple[str, bool]] | None = None
@@ -315,8 +323,15 @@ class Healer:
         self._wake.set()
 
 
-    def heal(self) -> int:
-        """One pass: copy under-replicated paths (at most :data:`HEAL_PATHS_PER_PASS`); return how many were copied."""
+    def heal(self, force: bool = False) -> int:
+        """One pass: copy under-replicated paths (at most :data:`HEAL_PATHS_PER_PASS`); return how many were copied.
+
+        Without ``force``, only if a worker left or joined, or paths were saved, since the last pass.
+        """
+        with self._passing:
+            return self._heal(force)
+
+    def _heal(self, force: bool) -> int:
         replication = self.replication
         owners = replication.owners
         records = owners.replicated_paths()
@@ -325,7 +340,7 @@ class Healer:
         workers = owners.workers()
         with self._lock:
             dirty, self._dirty = self._dirty, False
-        if workers.members == self._seen and not self._shortage and not dirty:
+        if workers.members == self._seen and not self._shortage and not dirty and not force:
             return 0
         self._seen = dict(workers.members)
         running = workers.running()

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import dask
+import dask.array as da
 import numpy as np
 import pytest
 from distributed import Client
@@ -197,3 +198,26 @@ def test_replicas_on_a_shared_backend_or_below_one_is_refused_before_anything_is
     assert not dfm.exists(f"{tmp_path.name}/zero", "memory")
     with pytest.raises(ValueError, match="at least 1"):
         PolystorePlugin(options={"memory": {"replicas": 0}})
+
+
+def block_paths(client: Client, directory: str) -> list[str]:
+    return sorted({path for kept in client.run(listed_here, directory).values() for path in kept})
+
+
+def listed_here(directory: str, dask_worker: Any) -> list[str]:
+    memory = registry_of(dask_worker)["memory"]
+    return memory.list_files(directory) if memory.is_dir(directory) else []
+
+
+def test_save_array_keeps_each_block_on_two_workers_and_load_array_reads_live_replicas(client, dfm, tmp_path):
+    x = da.arange(64 * 64, chunks=512).reshape(64, 64).rechunk((16, 64))
+    key = f"{tmp_path.name}/arr"
+    dfm.save_array(x, key, "memory")  # the plugin's default: 2 replicas
+    kept = block_paths(client, key)
+    assert len(kept) == 5  # 4 blocks and the layout
+    assert all(len(where) == 2 for where in holders(client, kept).values())
+    kill_worker(client, holders(client, kept)[kept[0]][0])
+    assert int(dfm.load_array(key, "memory").sum().compute()) == int(x.sum().compute())
+    with pytest.raises(ValueError, match="needs compute=True"):
+        dfm.save_array(x, f"{tmp_path.name}/lazy", "memory", compute=False)
+    assert not dfm.exists(f"{tmp_path.name}/lazy", "memory")
