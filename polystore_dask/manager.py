@@ -66,7 +66,7 @@ class DaskFileManager:
       the manager did not save (for example saved by a task through
       :func:`~polystore_dask.get_registry`) are looked for on every worker.
     - Surviving a worker's loss (``"process"`` and ``"host"``): ``save``,
-      ``save_batch``, ``copy`` and ``move`` take ``replicas=k`` (default: the
+      ``save_batch``, ``copy``, ``move`` and ``save_array`` take ``replicas=k`` (default: the
       plugin's option, e.g. ``PolystorePlugin(options={"memory": {"replicas": 2}})``,
       else 1). Each path is then written on k distinct workers (hosts, for
       a per-host backend) side by side, and counted as held by those whose
