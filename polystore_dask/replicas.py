@@ -340,7 +340,7 @@ class Healer:
         workers = owners.workers()
         with self._lock:
             dirty, self._dirty = self._dirty, False
-        if workers.members == self._seen and not self._shortage and not dirty and not force:
+        if workers.members == self._seen and not dirty and not force:
             return 0
         self._seen = dict(workers.members)
         running = workers.running()
