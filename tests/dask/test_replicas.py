@@ -141,7 +141,8 @@ def test_when_every_holder_is_lost_a_load_names_the_path_and_every_lost_worker(c
         dfm.load_batch([path], "memory").result(timeout=PATIENCE)
 
 
-def test_an_overwrite_with_a_frozen_holder_switches_every_live_replica_or_none(client, dfm, tmp_path):
+@pytest.mark.parametrize("then", [signal.SIGKILL, signal.SIGCONT], ids=["killed", "thawed"])
+def test_an_overwrite_with_a_frozen_holder_switches_every_live_replica_or_none(client, dfm, tmp_path, then):
     path = f"{tmp_path.name}/versioned"
     dfm.save(np.full(6, 1), path, "memory").result(timeout=PATIENCE)
     frozen, running = holders(client, [path])[path]
@@ -154,7 +155,7 @@ def test_an_overwrite_with_a_frozen_holder_switches_every_live_replica_or_none(c
             overwrite.result(timeout=2)  # a frozen replica has not acked: the path has not switched
         assert not reading.done()
     finally:
-        os.kill(pid, signal.SIGKILL)  # the frozen holder dies with the new version unwritten
+        os.kill(pid, then)  # the frozen holder dies with the new version unwritten, or writes it now
     overwrite.result(timeout=PATIENCE)  # every live replica holds the new version
     np.testing.assert_array_equal(reading.result(timeout=PATIENCE), np.full(6, 2))
     wait_until(lambda: healed(client, [path], 2), "the path to be held by 2 live workers again")
