@@ -146,8 +146,8 @@ def _holders(owners: tuple[Any, ...]) -> Any:
 def run(bench: Bench, rows: set[str]) -> list[Result]:
     """Measure row 16."""
     bench.notes["16"] = (
-        "Row 16: replicated memory paths on a LocalCluster of 3 single-threaded workers; 15a/15b pair "
-        "replicas=2 with replicas=1 rep by rep (ABBA), 15c times healing after a SIGKILL."
+        "Row 16: replicated memory paths on a LocalCluster of 3 single-threaded workers; 16a/16b pair "
+        "replicas=2 with replicas=1 rep by rep (ABBA), 16c times healing after a SIGKILL."
     )
     with _cluster() as client:
         return [*_save_and_load(bench, client), _heal(bench, client)]
