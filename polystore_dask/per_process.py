@@ -230,12 +230,10 @@ class ProcessPlacement(Placement):
         barrier = self.tasks.submit(f"polystore-copy-run-{token}", collect, parts)
         self.tasks.record(barrier, writes=[target], reads=[source])
         future = self.tasks.submit(f"polystore-copy-{token}", settle_copies, barrier, self.name, str(src))
-
-        def record(done: Future) -> None:
-            if done.status == "finished":
-                self.owners.copy_inside(source[1], target[1])
-
-        future.add_done_callback(record)
+        # Recorded now, not when the copy finishes: a done-callback can run after the user's ``.result()``
+        # returned, and a load issued in between would be routed to an old copy on another worker. Later
+        # operations on these paths wait for the copy, so none runs against the table early.
+        self.owners.copy_inside(source[1], target[1])
         return future
 
     def _refuse_copy_tree(self, src: PathLike, dst: PathLike, overwrite: bool) -> Exception | None:
