@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Hashable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 from distributed import Client, Future
 
-__all__ = ["BATCH_BYTES", "group_items", "holders", "holders_of", "items_per_task", "nbytes", "ship", "ship_parts"]
+__all__ = [
+    "BATCH_BYTES",
+    "SHIPPED_PREFIX",
+    "group_items",
+    "holders",
+    "holders_of",
+    "items_per_task",
+    "nbytes",
+    "ship",
+    "ship_parts",
+]
 
 #: At most this much inline data goes into one batch task.
 BATCH_BYTES = 64 << 20
@@ -17,6 +28,8 @@ BATCH_BYTES = 64 << 20
 #: Inline data at least this big is scattered to its worker rather than
 #: embedded in the task graph (which distributed warns about from 10 MiB).
 SCATTER_BYTES = 8 << 20
+#: How the keys of data shipped from the client to the workers begin.
+SHIPPED_PREFIX = "polystore-data-"
 
 #: A batch part at least this big on the wire travels scattered, straight to its worker: the task
 #: graph then stays small, and the scheduler never holds (or unpickles) the data.
@@ -142,14 +155,14 @@ def ship_parts(
     for destination, indices in by_pin.items():
         data, targets = [parts[index] for index in indices], None if destination is None else list(destination)
         try:
-            futures = client.scatter(data, workers=targets, hash=False, direct=direct)
+            futures = _scatter_named(client, data, workers=targets, direct=direct)
         except OSError:
             if not direct:
                 raise
             # The worker went away under the direct send (killed, or dropped while frozen): the data goes to
             # any live worker through the scheduler, and the part's save, pinned to the lost worker, then fails
             # naming it (or runs on its restarted self).
-            futures = client.scatter(data, hash=False, direct=False)
+            futures = _scatter_named(client, data, workers=None, direct=False)
         for index, future in zip(indices, futures, strict=True):
             shipped[index] = future
         scattered += futures
@@ -160,10 +173,21 @@ def ship_parts(
 
 def _scatter(client: Client, data: Any, pin: list[str] | None) -> Future:
     """One future holding ``data`` (a list given as ``[items]`` becomes one object, not one per item)."""
-    if isinstance(data, list):
-        (future,) = client.scatter(data, workers=pin, hash=False)
-        return future
-    return client.scatter(data, workers=pin, hash=False)
+    (future,) = _scatter_named(client, data if isinstance(data, list) else [data], workers=pin, direct=None)
+    return future
+
+
+def _scatter_named(client: Client, data: list[Any], *, workers: list[str] | None, direct: bool | None) -> list[Future]:
+    """Scatter each of ``data`` under a key named with :data:`SHIPPED_PREFIX`.
+
+    The name lets the scheduler plugin keep both replicas of shipped data
+    (:class:`~polystore_dask.rescue.StrandedTaskRescue`): distributed's
+    memory manager would otherwise drop the second one within seconds, and
+    a save whose only copy died with its worker is cancelled unnamed.
+    """
+    named = {f"{SHIPPED_PREFIX}{uuid.uuid4().hex}": item for item in data}
+    futures = client.scatter(named, workers=workers, hash=False, direct=direct)
+    return [futures[key] for key in named]
 
 
 def _replicate(client: Client, futures: list[Future]) -> None:

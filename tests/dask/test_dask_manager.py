@@ -443,3 +443,19 @@ def test_memory_directory_copy_keeps_each_copied_path_on_the_worker_that_kept_it
         dfm.copy(source, target, "memory", recursive=True).result()
     with pytest.raises(ValueError, match="subtree"):
         dfm.copy(source, f"{source}/sub/inside", "memory", recursive=True).result()
+
+
+def test_data_shipped_from_the_client_keeps_both_replicas_through_the_memory_manager(client, dfm):
+    # distributed's active memory manager drops extra replicas every few seconds; the save of shipped
+    # data must still find a copy when one of its two holders dies, so polystore's copies are kept.
+    from polystore_dask.batching import SHIPPED_PREFIX, ship
+
+    assert dfm is not None  # the manager registers the scheduler plugin that keeps them
+    future = ship(client, np.zeros((12 << 20) // 8), None)
+    other = client.scatter(np.zeros(4), hash=False)
+    client.replicate([other], n=2)
+    assert future.key.startswith(SHIPPED_PREFIX)
+    for _ in range(3):
+        client.amm.run_once()
+    wait_until(lambda: len(client.who_has([other])[other.key]) == 1, "the memory manager to drop a plain replica")
+    assert len(client.who_has([future])[future.key]) == 2
