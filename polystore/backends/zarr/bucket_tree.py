@@ -27,6 +27,7 @@ from typing import Any
 
 from polystore.backend import PathLike
 from polystore.backends.s3_client import S3Client, import_obstore
+from polystore.backends.zarr.tree import ARRAY, DIRECTORY, OTHER, ArrayTree
 from polystore.errors import InvalidPathError, UnsupportedFormatError
 
 __all__ = ["ARRAY", "CLAIM", "DIRECTORY", "METADATA", "OTHER", "PENDING", "BucketTree", "node_kind", "with_nonce"]
@@ -34,7 +35,7 @@ __all__ = ["ARRAY", "CLAIM", "DIRECTORY", "METADATA", "OTHER", "PENDING", "Bucke
 #: What :meth:`BucketTree.kind` finds at a key: a zarr array, a directory
 #: (a group or a bare prefix), an array being written (claimed, no metadata
 #: yet), or another object (one this backend did not write).
-ARRAY, DIRECTORY, PENDING, OTHER = "array", "directory", "pending", "other"
+PENDING = "pending"
 #: A node's metadata, and the object a writer holds while it writes an array.
 METADATA = "zarr.json"
 CLAIM = ".polystore-writing"
@@ -211,8 +212,6 @@ class BucketTree:
     @staticmethod
     def raise_if_taken(kind: str | None, path: PathLike, overwrite: bool) -> None:
         """Refuse to put an array where ``kind`` is, unless it is an array to overwrite."""
-        if kind == DIRECTORY:
-            raise IsADirectoryError(errno.EISDIR, "zarr backend: a directory exists at this path", str(path))
         if kind == OTHER:
             raise FileExistsError(
                 errno.EEXIST,
@@ -221,10 +220,7 @@ class BucketTree:
             )
         if kind == PENDING:
             raise BucketTree.being_written(path)
-        if kind == ARRAY and not overwrite:
-            raise FileExistsError(
-                errno.EEXIST, "zarr backend: an array exists at this path; pass overwrite=True to replace it", str(path)
-            )
+        ArrayTree.raise_if_taken(kind, path, overwrite)  # a directory, or an array without overwrite
 
     def check_parents(self, key: str, path: PathLike) -> list[str]:
         """Raise unless every directory above ``key`` is one or may be made; return those to make, outermost first."""
