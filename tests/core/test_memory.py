@@ -140,3 +140,94 @@ def test_threads_doing_mixed_operations_lose_nothing_and_never_read_partial_obje
         thread.join()
     assert errors == []
     assert sorted(backend.list_dir("/")) == ["shared"] + [f"t{i}" for i in range(8)]
+
+
+# The fast paths of save and load (a path saved before has its key remembered; the lock is
+# taken without `with`; plain arrays skip the general checks) keep every rule of the slow ones.
+
+
+def test_options_are_refused_on_a_path_saved_before() -> None:
+    from polystore import FileManager
+
+    fm = FileManager()
+    fm.save(np.zeros(2), "/known/a.npy", "memory")
+    with pytest.raises(TypeError, match="'/known/a.npy' got unexpected options \\['compression'\\]"):
+        fm.save(np.ones(2), "/known/a.npy", "memory", overwrite=True, compression="zstd")
+    with pytest.raises(TypeError, match="'/known/a.npy' got unexpected options \\['region'\\]"):
+        fm.load("/known/a.npy", "memory", region=(slice(0, 1),))
+    np.testing.assert_array_equal(fm.load("/known/a.npy", "memory"), np.zeros(2))
+
+
+def test_a_path_saved_before_is_still_refused_without_overwrite_and_the_store_stays_usable() -> None:
+    import threading
+
+    backend = MemoryBackend()
+    backend.save(np.zeros(2), "/b/12345")
+    with pytest.raises(FileExistsError, match="overwrite=True") as raised:
+        backend.save(np.ones(2), "/b/12345")
+    assert raised.value.filename == "/b/12345"
+    # The refused save let go of the lock: a save from another thread completes.
+    other = threading.Thread(
+        target=backend.save, args=(np.ones(2), "/b/12345"), kwargs={"overwrite": True}, daemon=True
+    )
+    other.start()
+    other.join(timeout=10)
+    assert not other.is_alive()
+    np.testing.assert_array_equal(backend.load("b/12345"), np.ones(2))
+
+
+def test_a_path_saved_before_is_refused_once_its_parent_became_a_file() -> None:
+    backend = MemoryBackend()
+    backend.save(b"x", "/b/c/d.bin")
+    backend.delete("/b/c", recursive=True)
+    backend.save(b"file", "/b/c")
+    with pytest.raises(NotADirectoryError, match="'b/c' is a file"):
+        backend.save(b"y", "/b/c/d.bin", overwrite=True)
+    assert backend.load("/b/c") == b"file"
+
+
+def test_a_path_saved_before_after_its_directory_was_deleted_recreates_the_directory() -> None:
+    backend = MemoryBackend()
+    backend.save(np.zeros(2), "/b/c/d.npy")
+    backend.delete("/b", recursive=True)
+    backend.save(np.ones(2), "/b/c/d.npy")
+    assert backend.is_dir("b/c")
+    assert backend.list_dir("/b") == ["c"]
+
+
+def test_the_same_path_as_str_and_as_pathlike_names_one_object() -> None:
+    from pathlib import PurePosixPath
+
+    backend = MemoryBackend()
+    backend.save(np.zeros(2), "/b/p.npy")
+    backend.save(np.ones(2), PurePosixPath("/b/p.npy"), overwrite=True)
+    np.testing.assert_array_equal(backend.load("/b/p.npy"), np.ones(2))
+    np.testing.assert_array_equal(backend.load(PurePosixPath("b/p.npy")), np.ones(2))
+
+
+def test_unhashable_paths_are_refused_with_a_type_error() -> None:
+    backend = MemoryBackend()
+    with pytest.raises(TypeError, match="path must be a str or os.PathLike, not list"):
+        backend.save(np.zeros(2), ["b", "c"])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="path must be a str or os.PathLike, not list"):
+        backend.load(["b", "c"])  # type: ignore[arg-type]
+
+
+def test_every_save_of_a_path_saved_before_stores_its_own_copy() -> None:
+    backend = MemoryBackend()
+    data = np.zeros(3)
+    backend.save(data, "/b/1", overwrite=True)
+    data[0] = 1
+    backend.save(data, "/b/1", overwrite=True)
+    data[0] = 2
+    assert backend.load("/b/1")[0] == 1
+
+
+def test_a_loaded_array_subclass_is_a_read_only_view_of_the_same_class() -> None:
+    backend = MemoryBackend()
+    backend.save(np.ma.masked_array([1.0, 2.0], mask=[False, True]), "/b/m.npy")
+    first, second = backend.load("/b/m.npy"), backend.load("/b/m.npy")
+    assert type(first) is np.ma.MaskedArray
+    assert np.shares_memory(first, second)
+    with pytest.raises(ValueError, match="read-only"):
+        first[0] = 5.0
