@@ -158,3 +158,27 @@ class TestZarrInABucketThroughDask(BackendTests):
     @pytest.fixture
     def backend(self, fresh_dfm: DaskFileManager) -> StorageBackend:
         return ThroughDask(fresh_dfm, "zarr", ZarrBackend)
+
+
+# -- the codec pipeline a plugin chooses for zarr ----------------------------------------
+def zarr_pipeline_on_worker(path: str, dask_worker: Any) -> tuple[str, str]:
+    """The ``codec_pipeline`` of this worker's ``zarr`` backend and the pipeline class of its array at ``path``."""
+    backend = registry_of(dask_worker)["zarr"]
+    array = backend._open_bucket_array(path, path)  # type: ignore[attr-defined]
+    return backend.codec_pipeline, type(array.async_array.codec_pipeline).__name__  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("pipeline", "expected"), [("zarr", "BatchedCodecPipeline"), ("zarrs", "ZarrsCodecPipeline")])
+def test_a_plugin_choosing_the_codec_pipeline_of_an_s3_zarr_root_gets_it_on_every_worker(
+    client: Client, seaweed: SeaweedServer, pipeline: str, expected: str
+) -> None:
+    options = plugin_options(seaweed, uuid.uuid4().hex)
+    options["zarr"]["codec_pipeline"] = pipeline
+    client.unregister_worker_plugin("polystore")
+    client.register_plugin(PolystorePlugin(options=options))
+    client.wait_for_workers(2, timeout=PATIENCE)
+    dfm = DaskFileManager(client)
+    x = da.random.default_rng(5).random((256, 128), chunks=(64, 128)).astype(np.float32)
+    dfm.save_array(x, "chosen/x.zarr", "zarr")
+    np.testing.assert_array_equal(dfm.load_array("chosen/x.zarr", "zarr").compute(), x.compute())
+    assert set(client.run(zarr_pipeline_on_worker, "chosen/x.zarr").values()) == {(pipeline, expected)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Any
 
 import dask.array as da
@@ -19,11 +20,11 @@ from polystore.testing import BackendTests, assert_same_data
 from tests._seaweed import SeaweedServer
 
 
-def bucket_zarr(s3_options: dict[str, Any]) -> ZarrBackend:
+def bucket_zarr(s3_options: dict[str, Any], **kwargs: Any) -> ZarrBackend:
     """A zarr backend on the prefix of ``s3_options`` (the same option names as S3Backend)."""
     options = dict(s3_options)
     root = f"s3://{options.pop('bucket')}/{options.pop('prefix')}"
-    return ZarrBackend(root=root, store_options=options)
+    return ZarrBackend(root=root, store_options=options, **kwargs)
 
 
 @pytest.fixture
@@ -202,3 +203,63 @@ def test_a_missing_bucket_is_named(seaweed: SeaweedServer) -> None:
     backend = ZarrBackend(root="s3://no-such-bucket-here/p", store_options={**options, "retry_timeout": 2})
     with pytest.raises(FileNotFoundError, match="no-such-bucket-here"):
         backend.save(np.arange(3), "a.zarr")
+
+
+# -- the codec pipeline ----------------------------------------------------------------
+def pipeline_of(backend: ZarrBackend, path: str) -> Any:
+    """The codec pipeline of the array the backend opens at ``path``."""
+    return backend._open_bucket_array(path, path).async_array.codec_pipeline  # type: ignore[attr-defined]
+
+
+def test_an_s3_root_uses_zarr_pythons_pipeline_by_default(zb: ZarrBackend) -> None:
+    zb.save(np.arange(6.0), "a.zarr")
+    assert zb.codec_pipeline == "zarr"
+    assert type(pipeline_of(zb, "a.zarr")).__name__ == "BatchedCodecPipeline"
+
+
+def test_codec_pipeline_zarr_is_taken_with_an_s3_root_as_plugin_options_give_it(s3_options: dict[str, Any]) -> None:
+    options = dict(s3_options)
+    root = f"s3://{options.pop('bucket')}/{options.pop('prefix')}"
+    registry = BackendRegistry({"zarr": {"root": root, "store_options": options, "codec_pipeline": "zarr"}})
+    backend = registry["zarr"]
+    assert isinstance(backend, BucketZarrBackend) and "codec_pipeline='zarr'" in repr(backend)
+    fm = FileManager(registry)
+    fm.save(np.arange(12, dtype=np.int16).reshape(3, 4), "a.zarr", "zarr", chunks=(2, 2))
+    assert_same_data(fm.load("a.zarr", "zarr"), np.arange(12, dtype=np.int16).reshape(3, 4))
+    assert type(pipeline_of(backend, "a.zarr")).__name__ == "BatchedCodecPipeline"
+
+
+@pytest.mark.parametrize("compressor", [None, "zstd"])
+def test_codec_pipeline_zarrs_with_an_s3_root_reads_and_writes_through_zarrs_what_zarr_reads(
+    s3_options: dict[str, Any], seaweed: SeaweedServer, compressor: str | None
+) -> None:
+    fast, own = bucket_zarr(s3_options, codec_pipeline="zarrs"), bucket_zarr(s3_options, codec_pipeline="zarr")
+    data = np.random.default_rng(3).random((300, 200)).astype(np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fast.save(data, "fast.zarr", chunks=(64, 64), compressor=compressor)
+        own.save(data, "own.zarr", chunks=(64, 64), compressor=compressor)
+        pipeline = pipeline_of(fast, "fast.zarr")
+        # zarrs itself does the I/O (no fallback to zarr-python's pipeline), on the same objects.
+        assert type(pipeline).__name__ == "ZarrsCodecPipeline" and pipeline.impl is not None
+        assert_same_data(own.load("fast.zarr"), data)
+        assert_same_data(fast.load("own.zarr"), data)
+        assert_same_data(fast.load("fast.zarr", region=(slice(10, 250), slice(3, 199))), data[10:250, 3:199])
+        fast.create_array("blocks.zarr", (128, 128), np.float32, (64, 64), compressor=compressor)
+        fast.save(data[:64, :128], "blocks.zarr", region=(slice(0, 64), slice(0, 128)))
+        fast.save(data[64:128, :128], "blocks.zarr", region=(slice(64, 128), slice(0, 128)))
+        fast.complete_array("blocks.zarr")
+        assert_same_data(own.load("blocks.zarr"), data[:128, :128])
+    assert [str(warning.message) for warning in caught] == []
+    if compressor is None:
+        raw = raw_store(seaweed, fast)
+        chunks = sorted(entry["path"].removeprefix("fast.zarr/") for entry in obstore.list(raw, "fast.zarr/c").collect())
+        assert len(chunks) == 5 * 4
+        for chunk in chunks:
+            written = bytes(obstore.get(raw, f"fast.zarr/{chunk}").bytes())
+            assert written == bytes(obstore.get(raw, f"own.zarr/{chunk}").bytes()), chunk
+
+
+def test_an_unknown_codec_pipeline_with_an_s3_root_is_refused_naming_the_choices(s3_options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="unknown codec_pipeline 'rust'; use 'zarrs'.*or 'zarr'"):
+        bucket_zarr(s3_options, codec_pipeline="rust")

@@ -100,8 +100,8 @@ def check_codec_pipeline(name: str) -> str:
 
 
 @contextlib.contextmanager
-def codec_pipeline_in_force(name: str, directory: Path) -> Iterator[None]:
-    """Put the codec pipeline ``name`` in force while the array at ``directory`` is created or opened.
+def codec_pipeline_in_force(name: str, directory: Path | str) -> Iterator[None]:
+    """Put the codec pipeline ``name`` in force while the array at ``directory`` (or bucket key) is created or opened.
 
     zarr fixes an array's pipeline when it is created or opened, so only the
     arrays opened inside this block use it: zarr's setting is put back on
@@ -117,6 +117,10 @@ def codec_pipeline_in_force(name: str, directory: Path) -> Iterator[None]:
     # zarrs warns when it hands an array to zarr-python's pipeline (strings, bytes, structured dtypes):
     # polystore chose zarrs, not the user, and the data is the same either way, so that is no news to them.
     warnings.filterwarnings("ignore", "Array is unsupported by ZarrsCodecPipeline", UserWarning, "zarrs")
+    # On an array in a bucket zarrs builds its own S3 client from the store's config, once per array
+    # opened, and warns each time that it shares no connections: the cost is in the docstring of
+    # ZarrBackend's codec_pipeline, and a warning per array opened would bury the user's own.
+    warnings.filterwarnings("ignore", "Successfully reconstructed a store", RuntimeWarning, "zarrs")
     with _PIPELINE_LOCK, zarr.config.set({"codec_pipeline.path": path}):
         yield
 
