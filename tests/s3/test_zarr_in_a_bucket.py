@@ -253,7 +253,8 @@ def test_codec_pipeline_zarrs_with_an_s3_root_reads_and_writes_through_zarrs_wha
     assert [str(warning.message) for warning in caught] == []
     if compressor is None:
         raw = raw_store(seaweed, fast)
-        chunks = sorted(entry["path"].removeprefix("fast.zarr/") for entry in obstore.list(raw, "fast.zarr/c").collect())
+        listed = obstore.list(raw, "fast.zarr/c").collect()
+        chunks = sorted(entry["path"].removeprefix("fast.zarr/") for entry in listed)
         assert len(chunks) == 5 * 4
         for chunk in chunks:
             written = bytes(obstore.get(raw, f"fast.zarr/{chunk}").bytes())
