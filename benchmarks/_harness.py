@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
-    "Bench", "GiB", "MiB", "Result", "RssSampler", "Stats", "Trial", "compare", "measure", "throughput_result", "timed"
+    "Bench", "GiB", "MiB", "Result", "RssSampler", "Stats", "Trial", "compare", "compare_several", "measure",
+    "throughput_result", "timed",
 ]
 
 #: Prepares, times the measured operation, cleans up; returns seconds.
@@ -67,6 +68,27 @@ def compare(ours: Trial, baseline: Trial, *, reps: int, warmup: int = 1) -> tupl
             baseline_times.append(baseline())
             ours_times.append(ours())
     return ours_times, baseline_times
+
+
+def compare_several(ours: Trial, baselines: list[Trial], *, reps: int, warmup: int = 1) -> list[list[float]]:
+    """:func:`compare` against several baselines at once, sharing our reps.
+
+    Each rep runs ours, then every baseline, in that order on even reps and
+    reversed on odd ones (``reps`` must be even). Returns the timed seconds
+    of ours, then of each baseline, warm-up excluded.
+    """
+    if reps % 2:
+        raise ValueError(f"compare_several needs an even number of reps so each order runs equally often, not {reps}")
+    trials = [ours, *baselines]
+    for _ in range(warmup):
+        for trial in trials:
+            trial()
+    times: list[list[float]] = [[] for _ in trials]
+    for rep in range(reps):
+        order = list(range(len(trials)))
+        for index in order if rep % 2 == 0 else reversed(order):
+            times[index].append(trials[index]())
+    return times
 
 
 def measure(trial: Trial, *, reps: int, warmup: int = 1) -> list[float]:

@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 import numpy as np
 from distributed import Client, Future
 
+from polystore_dask.shipping import SHIPPED_PREFIX, Shipment, Shipments, changed_by_pickle
+
 __all__ = [
     "BATCH_BYTES",
     "SHIPPED_PREFIX",
@@ -28,8 +30,6 @@ BATCH_BYTES = 64 << 20
 #: Inline data at least this big is scattered to its worker rather than
 #: embedded in the task graph (which distributed warns about from 10 MiB).
 SCATTER_BYTES = 8 << 20
-#: How the keys of data shipped from the client to the workers begin.
-SHIPPED_PREFIX = "polystore-data-"
 
 #: A batch part at least this big on the wire travels scattered, straight to its worker: the task
 #: graph then stays small, and the scheduler never holds (or unpickles) the data.
@@ -112,7 +112,7 @@ def ship(client: Client, data: Any, pin: list[str] | None) -> Any:
     finish nor run again elsewhere (distributed cancels it, naming nothing).
     """
     if isinstance(data, list):
-        if sum(map(nbytes, data)) < SCATTER_BYTES and not any(map(_changed_by_pickle, data)):
+        if sum(map(nbytes, data)) < SCATTER_BYTES and not any(map(changed_by_pickle, data)):
             return data
         if any(isinstance(item, Future) for item in data):
             shipped = [_scatter(client, item, pin) if nbytes(item) else item for item in data]
@@ -121,7 +121,7 @@ def ship(client: Client, data: Any, pin: list[str] | None) -> Any:
         future = _scatter(client, [data], pin)
         _replicate(client, [future])
         return future
-    if nbytes(data) < SCATTER_BYTES and not _changed_by_pickle(data):
+    if nbytes(data) < SCATTER_BYTES and not changed_by_pickle(data):
         return data
     future = _scatter(client, data, pin)
     _replicate(client, [future])
@@ -129,45 +129,33 @@ def ship(client: Client, data: Any, pin: list[str] | None) -> Any:
 
 
 def ship_parts(
-    client: Client, parts: Sequence[list[Any]], pins: Sequence[list[str] | None], *, workers: int
-) -> list[list[Any] | Future]:
+    client: Client, parts: Sequence[list[Any]], pins: Sequence[list[str] | None]
+) -> list[list[Any] | Future | Shipment]:
     """Ship the items of each batch part to the worker that will save them, all parts at once.
 
     Returns, for each part, its items (small parts travel inline, as
-    :func:`ship` decides) or one Future holding them on its pinned worker.
-    Parts going to one worker travel in one scatter, sent by the client
-    straight to that worker (unless the client was made with
-    ``direct_to_workers=False``); then every scattered part is replicated
-    to a second worker in one call, as :func:`ship` does for one part.
-    ``workers`` is how many workers the cluster has.
+    :func:`ship` decides), or a :class:`~polystore_dask.shipping.Shipment`:
+    the part scattered once, straight from the client to the first of its
+    ``pins`` (unless the client was made with ``direct_to_workers=False``),
+    every worker's parts at the same time, and shipped again from the
+    client should that copy be lost before the part is saved (see
+    :mod:`polystore_dask.shipping`). Parts with items that are Futures go
+    through :func:`ship`.
     """
-    shipped: list[list[Any] | Future] = list(parts)
-    by_pin: dict[tuple[str, ...] | None, list[int]] = {}
+    shipped: list[list[Any] | Future | Shipment] = list(parts)
+    scattered: list[int] = []
     for index, items in enumerate(parts):
         if any(isinstance(item, Future) for item in items):
             shipped[index] = ship(client, items, pins[index])
         elif sum(map(nbytes, items)) + ITEM_OVERHEAD * len(items) >= PART_SCATTER_BYTES or any(
-            map(_changed_by_pickle, items)
+            map(changed_by_pickle, items)
         ):
-            by_pin.setdefault(None if pins[index] is None else tuple(pins[index] or ()), []).append(index)
-    direct = client.direct_to_workers is not False
-    scattered: list[Future] = []
-    for destination, indices in by_pin.items():
-        data, targets = [parts[index] for index in indices], None if destination is None else list(destination)
-        try:
-            futures = _scatter_named(client, data, workers=targets, direct=direct)
-        except OSError:
-            if not direct:
-                raise
-            # The worker went away under the direct send (killed, or dropped while frozen): the data goes to
-            # any live worker through the scheduler, and the part's save, pinned to the lost worker, then fails
-            # naming it (or runs on its restarted self).
-            futures = _scatter_named(client, data, workers=None, direct=False)
-        for index, future in zip(indices, futures, strict=True):
-            shipped[index] = future
-        scattered += futures
-    if scattered and workers > 1:
-        client.replicate(scattered, n=2)
+            scattered.append(index)
+    if scattered:
+        addresses = [pin[0] if (pin := pins[index]) else None for index in scattered]
+        shipments = Shipments.of(client).ship([parts[index] for index in scattered], addresses)
+        for index, shipment in zip(scattered, shipments, strict=True):
+            shipped[index] = shipment
     return shipped
 
 
@@ -193,7 +181,3 @@ def _scatter_named(client: Client, data: list[Any], *, workers: list[str] | None
 def _replicate(client: Client, futures: list[Future]) -> None:
     if futures and len(client.scheduler_info(n_workers=-1)["workers"]) > 1:
         client.replicate(futures, n=2)
-
-
-def _changed_by_pickle(data: Any) -> bool:
-    return isinstance(data, np.ndarray) and data.dtype.kind in "mM" and not data.dtype.isnative

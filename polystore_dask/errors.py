@@ -16,7 +16,7 @@ import tblib.pickling_support  # type: ignore[import-untyped]  # no stubs; a dep
 
 from polystore_dask.workers import Holders, Owner
 
-__all__ = ["LostPathError", "lost_error", "portable"]
+__all__ = ["LostPathError", "lost_error", "lost_shipment_error", "portable"]
 
 
 class LostPathError(FileNotFoundError):
@@ -56,6 +56,18 @@ def lost_error(backend: str, path: Any, owner: Owner | Holders | str, more: int 
     error = LostPathError(errno.ENOENT, message, str(path))
     error.owner, error.backend, error.count, error.keeper = str(owner), backend, 1 + more, owner
     return error
+
+
+def lost_shipment_error(backend: str, paths: list[Any], reason: str) -> ConnectionError:
+    """The error for batch items whose data was lost on its way from the client, before they were saved."""
+    more = len(paths) - 1
+    also = f" (and {more} more paths of this batch)" if more else ""
+    return ConnectionError(
+        errno.ECONNABORTED,
+        f"{backend} backend: the data for this path{also} was lost with the worker it was shipped to before it "
+        f"was saved, and the client could not ship it again: {reason}; these items were not saved, save them again",
+        str(paths[0]),
+    )
 
 
 def portable(error: BaseException) -> BaseException:

@@ -8,6 +8,7 @@ recorded so that later ones wait for it.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import threading
 import uuid
@@ -193,12 +194,13 @@ def _futures_in(value: Any) -> Iterator[Future]:
 
 def _ancestors(path: str) -> list[str]:
     """The directories above ``path`` (memory keys like ``a/b`` or absolute filesystem paths)."""
-    found: list[str] = []
-    while True:
-        parent = posixpath.dirname(path)
-        if parent == path:
-            return found
-        found.append(parent)
-        path = parent
-        if not path:
-            return found
+    parent = posixpath.dirname(path)
+    if parent == path:
+        return []
+    return [parent, *_above(parent)] if parent else [parent]
+
+
+@functools.lru_cache(maxsize=4096)
+def _above(directory: str) -> tuple[str, ...]:
+    """:func:`_ancestors` of a directory, kept: the paths of a batch mostly share their parents."""
+    return tuple(_ancestors(directory))

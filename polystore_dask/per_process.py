@@ -74,7 +74,7 @@ class ProcessPlacement(Placement):
         )
 
     def save_batch(self, data_list: Sequence[Any], paths: Sequence[PathLike], options: dict[str, Any]) -> Future:
-        keys = [self.key(path) for path in paths]
+        keys = self.keys(paths)
         requested = options.pop("replicas", None)
         wanted = [self.replication.wanted(key[1], requested) for key in keys]
         if any(count > 1 for count in wanted) or any(self.owners.replicated(key[1]) is not None for key in keys):
@@ -92,10 +92,7 @@ class ProcessPlacement(Placement):
                 self.owners.set(keys[index][1], owner)
             chosen.append(owner)
         pins = [workers.pin(owner) for owner in chosen]
-        shipped = ship_parts(
-            self.client, [[data_list[index] for index in positions] for _, positions in groups],
-            pins, workers=len(workers),
-        )
+        shipped = ship_parts(self.client, [[data_list[index] for index in positions] for _, positions in groups], pins)
         parts = [
             BatchPart(positions, items, pin, owner)
             for (_, positions), items, pin, owner in zip(groups, shipped, pins, chosen, strict=True)
@@ -303,7 +300,7 @@ class ProcessPlacement(Placement):
         )
 
     def load_batch(self, paths: Sequence[PathLike], options: dict[str, Any]) -> Future:
-        keys = [self.key(path) for path in paths]
+        keys = self.keys(paths)
         workers = self.owners.workers()
         unknown = [key for key in keys if self.owners.get(key[1]) is None]
         if unknown:

@@ -26,6 +26,7 @@ from polystore.backend import PathLike, check_batch_paths
 from polystore_dask.batching import group_items, items_per_task
 from polystore_dask.ordering import OrderedTasks
 from polystore_dask.plugin import check_replicas
+from polystore_dask.shipping import Shipment, Shipments, take_shipped
 from polystore_dask.tasks import call, check_items, hold, join_batches, settle
 from polystore_dask.traits import BackendTraits, PathKey
 from polystore_dask.workers import Keeper, Owner, Workers
@@ -44,8 +45,8 @@ class BatchPart(NamedTuple):
     """The items of a batch that one task saves: their positions, their data, and where it runs."""
 
     positions: list[int]
-    #: The items, or a Future of them (scattered to the part's worker).
-    items: list[Any] | Future
+    #: The items, a Future of them, or the items shipped to the part's worker.
+    items: list[Any] | Future | Shipment
     pin: list[str] | None
     owner: Owner | None
 
@@ -79,6 +80,11 @@ class Placement(ABC):
         """The identity of ``path`` in the ordering (and, per process, in the table of owners)."""
         return self.traits.key(path, self.origin())
 
+    def keys(self, paths: Sequence[PathLike]) -> list[PathKey]:
+        """:meth:`key` of each of ``paths``, all taken from one working directory."""
+        origin = self.origin()
+        return [self.traits.key(path, origin) for path in paths]
+
     def submit_batch(
         self, parts: list[BatchPart], paths: Sequence[PathLike], keys: Sequence[PathKey], options: dict[str, Any]
     ) -> Future:
@@ -110,16 +116,9 @@ class Placement(ABC):
         """
         check_batch_paths([key[1] for key in keys], paths, self.name, bool(options.get("overwrite")))
         origin = self.origin()
-        held: list[Any] = [part.items for part in parts]
+        held = [self._data_of(token, index, part, shared=len(parts) > 1) for index, part in enumerate(parts)]
         checks: list[Future] = []
         if len(parts) > 1:
-            # Inline items go into the graph once, in a task whose result the check and the save share.
-            held = [
-                part.items
-                if isinstance(part.items, Future)
-                else self.tasks.submit(f"polystore-save_batch-data-{token}-{index}", hold, part.items, pin=part.pin)
-                for index, part in enumerate(parts)
-            ]
             checks = [
                 self.tasks.submit(
                     f"polystore-save_batch-check-{token}-{index}", check_items, self.name, data,
@@ -144,6 +143,26 @@ class Placement(ABC):
             self.tasks.record(save, writes=writes)
             saves.append(save)
         return saves, checks, held
+
+    def _data_of(self, token: str, index: int, part: BatchPart, *, shared: bool) -> Any:
+        """What a part's check and save take as its items: a Future, or the items inline.
+
+        A shipped part is taken out of its worker's memory by a task of its
+        own, whose result distributed computes again if it is lost (see
+        :mod:`polystore_dask.shipping`); inline items that both a check and
+        the save use (``shared``) go into the graph once, in a task whose
+        result they share.
+        """
+        key = f"polystore-save_batch-data-{token}-{index}"
+        if isinstance(part.items, Shipment):
+            shipment = part.items
+            pin = [shipment.address] if shipment.address is not None else part.pin
+            taken = self.tasks.submit(key, take_shipped, shipment.part, pin=pin)
+            Shipments.of(self.client).keep(taken, shipment)
+            return taken
+        if isinstance(part.items, Future) or not shared:
+            return part.items
+        return self.tasks.submit(key, hold, part.items, pin=part.pin)
 
     def submit_loads(
         self,

@@ -33,7 +33,7 @@ class SharedPlacement(Placement):
         )
 
     def save_batch(self, data_list: Sequence[Any], paths: Sequence[PathLike], options: dict[str, Any]) -> Future:
-        keys = [self.key(path) for path in paths]
+        keys = self.keys(paths)
         workers = Workers(self.client)
         held = holders_of(self.client, data_list)
         places = [workers.at(held.get(index, "")) for index in range(len(keys))]
@@ -45,10 +45,7 @@ class SharedPlacement(Placement):
             # data, its check and its save then stay on that worker.
             place = owner or (running[part % len(running)] if running else None)
             pins.append(None if place is None else [place.address])
-        shipped = ship_parts(
-            self.client, [[data_list[index] for index in positions] for _, positions in groups], pins,
-            workers=len(workers),
-        )
+        shipped = ship_parts(self.client, [[data_list[index] for index in positions] for _, positions in groups], pins)
         parts = [
             BatchPart(positions, items, pin, None)
             for (_, positions), items, pin in zip(groups, shipped, pins, strict=True)
@@ -88,7 +85,7 @@ class SharedPlacement(Placement):
         )
 
     def load_batch(self, paths: Sequence[PathLike], options: dict[str, Any]) -> Future:
-        keys = [self.key(path) for path in paths]
+        keys = self.keys(paths)
         return self.submit_loads([None] * len(keys), paths, keys, options, Workers(self.client))
 
     def query(self, method: str, path: PathLike, options: dict[str, Any]) -> Any:

@@ -21,8 +21,9 @@ from distributed import get_worker
 from distributed.worker import Worker
 
 from polystore.backend import StorageBackend
-from polystore_dask.errors import LostPathError, lost_error, portable
+from polystore_dask.errors import LostPathError, lost_error, lost_shipment_error, portable
 from polystore_dask.plugin import registry_of
+from polystore_dask.shipping import Refusal
 from polystore_dask.workers import Keeper, Owner
 
 __all__ = [
@@ -150,6 +151,8 @@ def call(
         worker = get_worker()
         if owner is not None:
             check_owner(owner, worker, backend, _paths_in(args, path_args))
+        if method in _SAVES and isinstance(args[0], Refusal):
+            raise lost_shipment_error(backend, _paths_in(args, path_args), args[0].reason)
         target = registry_of(worker)[backend]
         resolved = list(args)
         for index in path_args:
@@ -191,14 +194,16 @@ def with_host(error: Exception) -> Exception:
 
 
 def check_items(
-    backend: str, data_list: list[Any], paths: list[Any], options: dict[str, Any], *, origin: str | None = None,
-    owner: Keeper | None = None,
+    backend: str, data_list: list[Any] | Refusal, paths: list[Any], options: dict[str, Any], *,
+    origin: str | None = None, owner: Keeper | None = None,
 ) -> Outcome:
     """Check on this worker that saving each item would succeed (``check_save``), writing nothing."""
     try:
         worker = get_worker()
         if owner is not None:
             check_owner(owner, worker, backend, paths)
+        if isinstance(data_list, Refusal):
+            raise lost_shipment_error(backend, paths, data_list.reason)
         target = registry_of(worker)[backend]
         for data, path in zip(data_list, paths, strict=True):
             where = resolve(path, target, origin)

@@ -27,6 +27,8 @@ from distributed.scheduler import KilledWorker
 
 from polystore import DiskBackend
 from polystore_dask import DaskFileManager, PolystorePlugin
+from polystore_dask.shipping import RESENDS, Refusal, Shipments, ShippedPart, take_shipped
+from polystore_dask.tasks import call
 from tests._cluster import PATIENCE, cluster_client, wait_until
 from tests._reliability_ledger import DEEP, record, scaled
 from tests._reliability_workers import identify, token_data
@@ -242,6 +244,62 @@ def test_a_save_batch_retried_after_its_worker_died_does_not_refuse_its_own_item
     record("cluster: save_batch disk", operations=1, faults=len(pids))
     assert error is None, f"{type(error).__name__}: {error}"
     assert [identify(DiskBackend().load(path), ITEM) for path in paths] == [index + 1 for index in range(8)]
+
+
+def test_a_batch_whose_workers_die_before_saving_their_shipped_parts_is_shipped_again_and_completes(
+    client: Client, tmp_path: Path
+) -> None:
+    """Shipped parts have one copy on the workers: when it dies unsaved, the client sends the part again."""
+    dfm = DaskFileManager(client)
+    size = (1 << 20) // 8  # 1 MiB items: every part is scattered (PART_SCATTER_BYTES), none travels in the graph
+    items = [token_data(index + 1, size) for index in range(8)]
+    paths = [str(tmp_path / f"item{index}.npy") for index in range(8)]
+    future = dfm.save_batch(items, paths, "reliability-slow-disk")  # 0.1 s per item: about 0.4 s per worker
+    pids = client.run(os.getpid)
+    for pid in pids.values():  # every worker holding a part, before it has saved it
+        os.kill(pid, signal.SIGKILL)
+    unsaved = sum(not os.path.exists(path) for path in paths)
+    error = outcome_of(future)
+    recover(client)
+    record("cluster: save_batch disk, shipped parts lost", operations=1, faults=len(pids))
+    assert unsaved > 0, "every item was saved before the kill; the test needs a slower save"
+    assert error is None, f"{type(error).__name__}: {error}"
+    assert [identify(DiskBackend().load(path), size) for path in paths] == [index + 1 for index in range(8)]
+    requests = client.get_events(Shipments.of(client).topic)
+    assert len(requests) >= 1, "no worker asked the client for a part again"
+
+
+def test_a_shipped_part_is_sent_again_at_most_resends_times_then_refused_with_the_reason(client: Client) -> None:
+    # Taken on a worker that does not hold it, a part is asked for again each time; the client sends it
+    # RESENDS times, and then refuses: a task on a cluster whose workers keep dying never waits forever.
+    first, second = sorted(client.scheduler_info()["workers"])
+    shipments = Shipments.of(client)
+    (shipment,) = shipments.ship([[np.arange(4)]], [first])
+    taken = [
+        client.submit(take_shipped, shipment.part, workers=[second], pure=False).result(timeout=PATIENCE)
+        for _ in range(RESENDS + 1)
+    ]
+    for items in taken[:RESENDS]:
+        np.testing.assert_array_equal(items[0], np.arange(4))
+    assert isinstance(taken[-1], Refusal)
+    assert f"sent again {RESENDS} times" in taken[-1].reason
+
+
+def test_a_batch_part_that_cannot_be_shipped_again_fails_naming_its_paths_and_writes_nothing(
+    client: Client, tmp_path: Path
+) -> None:
+    # A part the client no longer holds (its operation released) is refused; the save says which paths it lost.
+    paths = [str(tmp_path / "a.npy"), str(tmp_path / "b.npy")]
+    unknown = ShippedPart("polystore-data-released", Shipments.of(client).topic)
+    taken = client.submit(take_shipped, unknown, pure=False)
+    outcome = client.submit(call, "disk", "save_batch", (taken, paths), {}, path_args=(1,), pure=False).result(
+        timeout=PATIENCE
+    )
+    assert isinstance(outcome.error, ConnectionError)
+    assert outcome.error.filename == paths[0]
+    assert "(and 1 more paths of this batch)" in str(outcome.error)
+    assert "no longer holds it" in str(outcome.error)
+    assert not any(os.path.exists(path) for path in paths)
 
 
 def check_memory_paths_take_new_data(dfm: DaskFileManager, backend: str, paths: list[str]) -> None:
