@@ -157,6 +157,11 @@ class DaskFileManager:
         the worker holding them); the future resolves to None, or raises the
         error of the first failing group (items of other groups may be saved).
         ``replicas`` as for :meth:`save`.
+
+        Items held by the client travel to their workers once, outside the
+        task graph; a group whose worker dies before saving it is shipped
+        again from the client's items (which are kept, not copied, while the
+        returned future is held: leave them unchanged until it is done).
         """
         check_batch_lengths(data_list, paths, _name(backend))
         placement = self._placement(backend)
