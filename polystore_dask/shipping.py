@@ -21,7 +21,6 @@ round trip before the first save could start).
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 import uuid
 import weakref
@@ -118,13 +117,21 @@ class Shipments:
     """The parts one client has shipped, for as long as the operations saving them are held."""
 
     def __init__(self, client: Client) -> None:
-        self.client = client
+        # Weakly: the registry of shipments by client would otherwise keep every client alive.
+        self._client = weakref.ref(client)
         self.topic = f"polystore-resend-{client.id}"
         self._known: weakref.WeakValueDictionary[str, Shipment] = weakref.WeakValueDictionary()
         self._kept: weakref.WeakKeyDictionary[Future, list[Shipment]] = weakref.WeakKeyDictionary()
-        # A refusal is kept a while so that the task asking reads it before the scheduler drops it.
-        self._refusals: collections.deque[Future] = collections.deque(maxlen=64)
+        #: Refusals sent, each kept for a while so that the task asking reads it before the scheduler drops it.
+        self._refusals: set[Future] = set()
         client.subscribe_topic(self.topic, self._resend)
+
+    @property
+    def client(self) -> Client:
+        client = self._client()
+        if client is None:
+            raise RuntimeError("polystore: the client that shipped these parts is gone")
+        return client
 
     @classmethod
     def of(cls, client: Client) -> Shipments:
@@ -194,7 +201,8 @@ class Shipments:
             return  # the asking worker is gone too: its task runs elsewhere and asks again
         (future,) = futures.values()
         if shipment is None or isinstance(data, Refusal):
-            self._refusals.append(future)
+            self._refusals.add(future)
+            asyncio.get_running_loop().call_later(RESEND_SECONDS, self._refusals.discard, future)
         else:
             shipment.copies.append(future)
 
