@@ -3,21 +3,23 @@
 The cluster is ``LocalCluster(n_workers=2, threads_per_worker=1,
 processes=True)`` with ``PolystorePlugin`` registered, shared by both sides.
 
-- Row 5: ``DaskFileManager.save_array`` of a 1 GiB float32 array generated
-  on the workers (``da.random.default_rng(42)``, 1024 x 1024 chunks) against
-  ``da.to_zarr`` with the same chunks and the codecs ours wrote. The wall
-  time includes generating the data, for both.
-- Row 6: ``load_array(...).sum().compute()`` against
-  ``da.from_zarr(...).sum().compute()``, both reading one array written
-  before the reps.
+- Rows 5a-5d: ``DaskFileManager.save_array`` of a 1 GiB float32 array
+  generated on the workers (``da.random.default_rng(42)``) against
+  ``da.to_zarr`` with the same chunks and the codecs ours wrote: zstd with
+  chunks (and blocks) of 1024 x 1024 (5a) and 256 x 256 (5b), no
+  compression with the same two (5c, 5d). The wall time includes
+  generating the data, for both.
+- Rows 6a-6d: ``load_array(...).sum().compute()`` against
+  ``da.from_zarr(...).sum().compute()`` in the same four cases, both
+  reading one array written before the reps.
 - Row 7: 1000 arrays of 64 KiB held by the client, saved to disk with one
   ``save_batch`` against one ``client.submit(np.save, ...)`` per file; both
   ship the arrays from the client. 7b: the same save_batch against a plain
   ``np.save`` loop in the client process; 7c: against two processes (no
   Dask) each holding half the arrays and saving them at once, the ceiling
   of this work with two writers on this disk.
-- Row 8: the client process's peak RSS growth during each rep of rows 5
-  and 6, sampled every 2 ms in a thread.
+- Row 8: the client process's peak RSS growth during each rep of rows 5a
+  and 6a, sampled every 2 ms in a thread.
 """
 
 from __future__ import annotations
@@ -104,27 +106,43 @@ def _memory_result(
     )
 
 
+#: The cases of rows 5 and 6: (letter, chunk side, chunk side in --quick mode, compressor).
+ARRAY_CASES = (("a", 1024, 512, "zstd"), ("b", 256, 256, "zstd"), ("c", 1024, 512, None), ("d", 256, 256, None))
+
+
 def _save_and_load_array(bench: Bench, client: Any, rows: set[str]) -> list[Result]:
+    results = []
+    for letter, full_chunk, quick_chunk, compressor in ARRAY_CASES:
+        # Row 8 (client RSS) follows the first case only: 1024 x 1024 chunks, zstd.
+        memory = "8" in rows and letter == "a"
+        results += _array_case(bench, client, rows, letter, bench.size(full_chunk, quick_chunk), compressor, memory)
+    return results
+
+
+def _array_case(
+    bench: Bench, client: Any, rows: set[str], letter: str, chunk: int, compressor: str | None, memory: bool
+) -> list[Result]:
     import dask.array as da
     import zarr
 
     from polystore_dask import DaskFileManager
 
     dfm = DaskFileManager(client)
-    side, chunk = bench.size(16384, 1024), bench.size(1024, 256)
+    side = bench.size(16384, 1024)
 
     def generated() -> Any:
         return da.random.default_rng(42).random((side, side), dtype=np.float32, chunks=(chunk, chunk))
 
     with bench.scratch() as directory:
         probe = str(directory / "probe.zarr")
-        dfm.save_array(generated(), probe, "zarr")
+        dfm.save_array(generated(), probe, "zarr", compressor=compressor)
         written = zarr.open_array(probe, mode="r")
     if written.chunks != (chunk, chunk) or written.shards is not None:
         raise RuntimeError(
             f"save_array wrote chunks {written.chunks}, shards {written.shards}; expected {(chunk, chunk)}, no shards"
         )
-    compressors = written.compressors
+    # The baseline writes with the codecs ours wrote (the same codec and level, or none).
+    compressors = written.compressors or None
     source = str(bench.fresh_dir() / "source.zarr")
     da.to_zarr(generated(), source, compressors=compressors)
     expected = float(da.from_zarr(source).sum().compute())
@@ -137,7 +155,7 @@ def _save_and_load_array(bench: Bench, client: Any, rows: set[str]) -> list[Resu
     def ours_save() -> float:
         with bench.scratch() as directory:
             x = generated()
-            return sampled["save ours"](dfm.save_array, x, str(directory / "a.zarr"), "zarr")
+            return sampled["save ours"](dfm.save_array, x, str(directory / "a.zarr"), "zarr", compressor=compressor)
 
     def dask_save() -> float:
         with bench.scratch() as directory:
@@ -152,27 +170,26 @@ def _save_and_load_array(bench: Bench, client: Any, rows: set[str]) -> list[Resu
 
     reps, warmup = bench.heavy_reps, bench.warmup
     megabytes = side * side * 4 / 1e6
-    codec = "+".join(type(codec).__name__ for codec in compressors) or "no compression"
+    codec = "+".join(type(codec).__name__ for codec in compressors or ()) or "no compression"
     title = f"{side * side * 4 // MiB} MiB float32, chunks {chunk}x{chunk}, {codec}"
     results = []
-    if "5" in rows:
+    if "5" in rows or memory:
         save = compare(ours_save, dask_save, reps=reps, warmup=warmup)
         results.append(throughput_result(
-            "5", f"Dask save_array, {title}, generated on workers", unit="MB/s", work=megabytes,
+            f"5{letter}", f"Dask save_array, {title}, generated on workers", unit="MB/s", work=megabytes,
             ours=("dfm.save_array(x, p, 'zarr')", save[0]), baseline=("da.to_zarr(x, p)", save[1]), min_ratio=1.0,
-            note="aim 1.2"))
-    if "6" in rows:
+            note="aim 1.5"))
+    if "6" in rows or memory:
         load = compare(ours_load, dask_load, reps=reps, warmup=warmup)
         results.append(throughput_result(
-            "6", f"Dask load_array(...).sum().compute(), {title} (hot cache)", unit="MB/s", work=megabytes,
+            f"6{letter}", f"Dask load_array(...).sum().compute(), {title} (hot cache)", unit="MB/s", work=megabytes,
             ours=("dfm.load_array(p, 'zarr').sum()", load[0]), baseline=("da.from_zarr(p).sum()", load[1]),
-            min_ratio=1.0))
-    if "8" in rows and "5" in rows:
-        results.append(_memory_result("8a", "client peak RSS growth during row 5",
+            min_ratio=1.0, note="aim 1.3"))
+    if memory:
+        results.append(_memory_result("8a", f"client peak RSS growth during row 5{letter}",
                                       ("save_array", sampled["save ours"]), ("da.to_zarr", sampled["save dask"]),
                                       warmup))
-    if "8" in rows and "6" in rows:
-        results.append(_memory_result("8b", "client peak RSS growth during row 6",
+        results.append(_memory_result("8b", f"client peak RSS growth during row 6{letter}",
                                       ("load_array.sum", sampled["load ours"]), ("from_zarr.sum", sampled["load dask"]),
                                       warmup))
     return results
@@ -296,12 +313,14 @@ def run(bench: Bench, rows: set[str]) -> list[Result]:
         # Both sides of row 7 put arrays in the graph, which Dask warns about.
         warnings.filterwarnings("ignore", message=".*Sending large graph.*")
         if rows & {"5", "6", "8"}:
-            results += _save_and_load_array(bench, client, rows | ({"5", "6"} if "8" in rows else set()))
+            results += _save_and_load_array(bench, client, rows)
         if "7" in rows:
             results += _many_small_arrays(bench, client)
     bench.notes["5-8"] = (
         "Rows 5-8: LocalCluster(n_workers=2, threads_per_worker=1, processes=True) with PolystorePlugin "
-        "registered, shared by both sides. Row 5's wall time includes generating the data on the workers. "
+        "registered, shared by both sides. Rows 5a-5d and 6a-6d: zstd with 1024x1024 and 256x256 chunks (a, b), "
+        "no compression with the same (c, d); row 5's wall time includes generating the data on the workers. "
+        "Rows 8a-8b: during 5a and 6a. "
         "Row 7: both sides ship the arrays from the client; 7b puts the same save_batch beside a plain "
         "np.save loop in the client process (no cluster), the moonshot being 40% of it; 7c beside two "
         "processes (no Dask) each already holding half the arrays and saving them with np.save into the "

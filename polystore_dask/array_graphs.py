@@ -24,7 +24,7 @@ from dask.blockwise import blockwise
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 from dask.layers import ArraySliceDep
-from dask.task_spec import List, Task, TaskRef
+from dask.task_spec import Alias, List, Task, TaskRef
 
 from polystore.backend import PathLike
 from polystore.errors import UnsupportedFormatError
@@ -82,28 +82,26 @@ def save_by_region(
         chunks = _regular_chunks(x, shards)
     token = uuid.uuid4().hex
     labels = {"dimension_names": options["dimension_names"], "attributes": options["attributes"]}
-    created = tasks.start(
+    creating = tasks.start(
         f"polystore-save_array-create-{token}", attempt, create_array, traits.name, path, x.shape, x.dtype, chunks,
         shards, options["compressor"], options["overwrite"], origin, labels, resume, writes=[key],
-    ).result().result()
+    )
+    # Where the layout is known here (and nothing is resumed), the writes are planned while the
+    # array is being created: its round trip then costs no time of its own.
+    planned = _sides(shards or chunks, x.ndim)
+    writes = None if resume or planned is None else _writes(x, planned, None, traits.name, path, origin, token)
+    created = creating.result().result()
     done = f"polystore-save_array-{token}"
     if created.get("complete"):  # resumed, and nothing is missing: nothing to compute
         nothing = HighLevelGraph.from_collections(done, {done: Task(done, _nothing)}, dependencies=())
         return Delayed(done, nothing) if not options["compute"] else None
     unit = created["shards"] or created["chunks"]
-    x = _aligned(x, unit)
-    committed = _committed_units(created.get("committed", []), unit, x.shape) if resume else None
-    name = f"polystore-save_array-write-{token}"
-    layer: dict[Any, Any] = {}
-    for index, region in _blocks(x.chunks):
-        if resume and _covers(committed, region, unit):
-            continue  # written by the run being resumed
-        block_key = (name, *index)
-        layer[block_key] = Task(block_key, write_block, TaskRef((x.name, *index)), traits.name, path, region, origin)
-    written = [TaskRef(block_key) for block_key in list(layer)]
-    layer[done] = Task(done, finish_array, traits.name, path, origin, *written)
-    # Computing it culls the graph, so the blocks of x a resumed save skips are never computed.
-    delayed = Delayed(done, HighLevelGraph.from_collections(done, layer, dependencies=[x]))
+    if writes is None or planned != tuple(unit):
+        committed = _committed_units(created.get("committed", []), unit, x.shape) if resume else None
+        writes = _writes(x, unit, committed, traits.name, path, origin, token)
+    layer, wanted = writes
+    layer[done] = Task(done, finish_array, traits.name, path, origin, *(TaskRef(key) for key in wanted))
+    delayed = Delayed(done, HighLevelGraph.from_collections(done, layer, dependencies=()))
     if not options["compute"]:
         return delayed
     future = tasks.client.compute(delayed)
@@ -113,6 +111,48 @@ def save_by_region(
         future.cancel()  # a failed save stops writing: what is recorded so far is what a resume keeps
         raise
     return None
+
+
+def _writes(
+    x: da.Array, unit: Sequence[int], committed: Any, backend: str, path: PathLike, origin: str, token: str
+) -> tuple[dict[Any, Any], list[Any]]:
+    """The optimised graph writing ``x`` (rechunked to whole ``unit``s) block by block, and its write keys.
+
+    The writes are a Blockwise layer over ``x``, as ``dask.array.store``'s
+    are: optimising it fuses each write with the task computing its block
+    (blockwise fusion, or linear fusion after a layer that is not Blockwise),
+    so there is one task per block and the block never leaves it. Blocks
+    ``committed`` covers (by the run being resumed) are culled, never computed.
+    """
+    x = _aligned(x, unit)
+    name = f"polystore-save_array-write-{token}"
+    axes = tuple(range(x.ndim))
+    layer = blockwise(
+        write_block, name, axes, x.name, axes, ArraySliceDep(x.chunks), axes, backend, None, path, None,
+        origin, None, numblocks={x.name: x.numblocks},
+    )
+    source: Any = x  # (dask's collection protocol types an Array's scheduler differently from the Array)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[source])
+    wanted = [
+        (name, *index) for index, region in _blocks(x.chunks)
+        if committed is None or not _covers(committed, region, unit)
+    ]
+    return _named_writes(dict(x.__dask_optimize__(graph, wanted)), wanted), wanted
+
+
+def _named_writes(graph: dict[Any, Any], keys: list[Any]) -> dict[Any, Any]:
+    """``graph`` with each fused write under its own key (``polystore-save_array-write-...``).
+
+    Linear fusion names a fused chain after all its parts and leaves an
+    ``Alias`` task at the write's key: one more task per block. Taking the
+    fused task back under the write's key (nothing else refers to the fused
+    name) leaves one task per block.
+    """
+    for key in keys:
+        alias = graph.get(key)
+        if isinstance(alias, Alias) and alias.target in graph:
+            graph[key] = graph.pop(alias.target).substitute({}, key=key)
+    return graph
 
 
 def load_by_region(
@@ -302,6 +342,15 @@ def _regular_chunks(x: da.Array, shards: Sequence[int] | None) -> tuple[int, ...
     if shards is not None and any(shard % size for shard, size in zip(shards, sizes, strict=False)):
         return None
     return tuple(sizes)
+
+
+def _sides(sides: Any, ndim: int) -> tuple[int, ...] | None:
+    """``sides`` as a tuple if it is one positive int per dimension, else None (the backend judges it)."""
+    if sides is None or isinstance(sides, (str, bytes)) or not isinstance(sides, Sequence) or len(sides) != ndim:
+        return None
+    if not all(isinstance(side, (int, np.integer)) and not isinstance(side, bool) and side > 0 for side in sides):
+        return None
+    return tuple(int(side) for side in sides)
 
 
 def _aligned(x: da.Array, unit: Sequence[int]) -> da.Array:

@@ -120,8 +120,8 @@ def _resumable(
     return found
 
 
-def write_block(block: np.ndarray, backend: str, path: Any, region: tuple[slice, ...], origin: str | None) -> None:
-    """Write one block (whole chunks or shards) into the array at ``path``."""
+def write_block(block: np.ndarray, region: tuple[slice, ...], backend: str, path: Any, origin: str | None) -> None:
+    """Write one block (whole chunks or shards) into the array at ``path``, at ``region``."""
     target = get_registry()[backend]
     try:
         target.save(block, resolve(path, target, origin), region=region)

@@ -351,13 +351,12 @@ class ZarrBackend(StorageBackend):
         dimension_names, region = options.get("dimension_names"), options.get("region")
         target = self._tree.resolve(path)
         if region is not None:
-            array = as_array(data, path)
             if any(option is not None for option in (chunks, shards, attributes, dimension_names)):
                 raise TypeError(
                     f"zarr backend: chunks, shards, attributes and dimension_names apply when creating an array, "
                     f"not to a region write into the existing one at {os.fspath(path)!r}; leave them out"
                 )
-            return self._region_write(target, path, array, region)
+            return self._region_write(target, path, data, region)
         self._tree.check_new_name(target, path)
         array = as_array(data, path)
         codecs = compressors_for(options.get("compressor", "zstd"))
@@ -385,9 +384,13 @@ class ZarrBackend(StorageBackend):
 
         return lambda: self._tree.build(target, path, overwrite, write)
 
-    def _region_write(self, target: Path, path: PathLike, block: np.ndarray, region: Any) -> Callable[[], None]:
-        """The checked write of ``block`` into ``region`` of the array at ``target``, recorded if it is incomplete."""
+    def _region_write(self, target: Path, path: PathLike, data: Any, region: Any) -> Callable[[], None]:
+        """The checked write of ``data`` into ``region`` of the array at ``target``, recorded if it is incomplete."""
         array = self._open(target, path, mode="r+")
+        # A plain block of the array's own dtype needs no dtype check: the array's was checked when it
+        # was made (the check asks zarr's dtype registry, which costs a good part of a small block's write).
+        plain = type(data) is np.ndarray and data.dtype == array.dtype
+        block = data if plain else as_array(data, path)
         write = region_writer(array, block, region, str(path))
         if not array.attrs.get(INCOMPLETE):
             return write
