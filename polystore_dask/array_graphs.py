@@ -24,7 +24,7 @@ from dask.blockwise import blockwise
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 from dask.layers import ArraySliceDep
-from dask.task_spec import Alias, List, Task, TaskRef
+from dask.task_spec import List, Task, TaskRef
 
 from polystore.backend import PathLike
 from polystore.errors import UnsupportedFormatError
@@ -42,8 +42,8 @@ from polystore_dask.array_tasks import (
     read_kept_block,
     store_block,
     store_layout,
-    write_block,
 )
+from polystore_dask.array_writes import blocks_of, plan_writes
 from polystore_dask.errors import lost_error
 from polystore_dask.ordering import OrderedTasks
 from polystore_dask.owners import Owners
@@ -116,43 +116,11 @@ def save_by_region(
 def _writes(
     x: da.Array, unit: Sequence[int], committed: Any, backend: str, path: PathLike, origin: str, token: str
 ) -> tuple[dict[Any, Any], list[Any]]:
-    """The optimised graph writing ``x`` (rechunked to whole ``unit``s) block by block, and its write keys.
-
-    The writes are a Blockwise layer over ``x``, as ``dask.array.store``'s
-    are: optimising it fuses each write with the task computing its block
-    (blockwise fusion, or linear fusion after a layer that is not Blockwise),
-    so there is one task per block and the block never leaves it. Blocks
-    ``committed`` covers (by the run being resumed) are culled, never computed.
-    """
-    x = _aligned(x, unit)
-    name = f"polystore-save_array-write-{token}"
-    axes = tuple(range(x.ndim))
-    layer = blockwise(
-        write_block, name, axes, x.name, axes, ArraySliceDep(x.chunks), axes, backend, None, path, None,
-        origin, None, numblocks={x.name: x.numblocks},
+    """The graph writing ``x`` (rechunked to whole ``unit``s) and its write keys; ``committed`` blocks are skipped."""
+    return plan_writes(
+        _aligned(x, unit), lambda region: committed is not None and _covers(committed, region, unit), backend, path,
+        origin, f"polystore-save_array-write-{token}",
     )
-    source: Any = x  # (dask's collection protocol types an Array's scheduler differently from the Array)
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=[source])
-    wanted = [
-        (name, *index) for index, region in _blocks(x.chunks)
-        if committed is None or not _covers(committed, region, unit)
-    ]
-    return _named_writes(dict(x.__dask_optimize__(graph, wanted)), wanted), wanted
-
-
-def _named_writes(graph: dict[Any, Any], keys: list[Any]) -> dict[Any, Any]:
-    """``graph`` with each fused write under its own key (``polystore-save_array-write-...``).
-
-    Linear fusion names a fused chain after all its parts and leaves an
-    ``Alias`` task at the write's key: one more task per block. Taking the
-    fused task back under the write's key (nothing else refers to the fused
-    name) leaves one task per block.
-    """
-    for key in keys:
-        alias = graph.get(key)
-        if isinstance(alias, Alias) and alias.target in graph:
-            graph[key] = graph.pop(alias.target).substitute({}, key=key)
-    return graph
 
 
 def load_by_region(
@@ -225,8 +193,8 @@ def save_blocks(
     token = uuid.uuid4().hex
     name = f"polystore-save_array-store-{token}"
     layer: dict[Any, Any] = {}
-    block_paths = [_block_path(canonical, index, suffix) for index, _ in _blocks(x.chunks)]
-    for (index, _), block_path in zip(_blocks(x.chunks), block_paths, strict=True):
+    block_paths = [_block_path(canonical, index, suffix) for index, _ in blocks_of(x.chunks)]
+    for (index, _), block_path in zip(blocks_of(x.chunks), block_paths, strict=True):
         block_key = (name, *index)
         layer[block_key] = Task(block_key, store_block, TaskRef((x.name, *index)), backend, block_path, x.dtype.str)
     layout = {"shape": list(x.shape), "dtype": x.dtype.str, "chunks": [list(sizes) for sizes in x.chunks]}
@@ -285,7 +253,7 @@ def load_blocks(
     token = uuid.uuid4().hex
     name = f"polystore-load_array-{token}"
     layer: dict[Any, Any] = {}
-    for index, _ in _blocks(stored):
+    for index, _ in blocks_of(stored):
         block_path = _block_path(canonical, index, suffix)
         # A replicated block is read on any live holder (the least busy), others where the probe found them.
         reader: Keeper | None = (
@@ -363,15 +331,6 @@ def _aligned(x: da.Array, unit: Sequence[int]) -> da.Array:
         typical = max(axis_chunks)
         new[axis] = max(1, round(typical / side)) * side
     return x.rechunk(new) if new else x
-
-
-def _blocks(chunks: Sequence[Sequence[int]]) -> list[tuple[tuple[int, ...], tuple[slice, ...]]]:
-    """Each block's index and region, for chunk sizes as in ``dask.array.Array.chunks``."""
-    starts = [[0, *itertools.accumulate(sizes)] for sizes in chunks]
-    return [
-        (index, tuple(slice(starts[axis][i], starts[axis][i + 1]) for axis, i in enumerate(index)))
-        for index in itertools.product(*(range(len(sizes)) for sizes in chunks))
-    ]
 
 
 def _block_shape(chunks: Any, x: da.Array, backend: str, path: PathLike) -> tuple[int, ...]:

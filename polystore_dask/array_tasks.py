@@ -7,6 +7,7 @@ runs on; :mod:`polystore_dask.array_graphs` builds the graphs that call them.
 from __future__ import annotations
 
 import errno
+import math
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,7 @@ __all__ = [
     "read_kept_block",
     "store_block",
     "store_layout",
-    "write_block",
+    "write_blocks",
 ]
 
 #: Where an array kept per process keeps its layout, inside the array's directory.
@@ -120,13 +121,41 @@ def _resumable(
     return found
 
 
-def write_block(block: np.ndarray, region: tuple[slice, ...], backend: str, path: Any, origin: str | None) -> None:
-    """Write one block (whole chunks or shards) into the array at ``path``, at ``region``."""
+def write_blocks(
+    regions: list[tuple[slice, ...]], backend: str, path: Any, origin: str | None, *blocks: np.ndarray
+) -> None:
+    """Write neighbouring blocks (whole chunks or shards) into the array at ``path``, one per region.
+
+    Blocks of one dtype whose regions tile a box are written as one region
+    (one write, one commit record); others one by one.
+    """
     target = get_registry()[backend]
+    where = resolve(path, target, origin)
     try:
-        target.save(block, resolve(path, target, origin), region=region)
+        for block, region in _assembled(regions, blocks):
+            target.save(block, where, region=region)
     except Exception as error:
         raise portable(error) from None
+
+
+def _assembled(
+    regions: list[tuple[slice, ...]], blocks: tuple[np.ndarray, ...]
+) -> list[tuple[np.ndarray, tuple[slice, ...]]]:
+    """The writes of ``blocks``: one of them all copied into their bounding box where they fill it, else each."""
+    each = list(zip(blocks, regions, strict=True))
+    if len(blocks) < 2 or not all(type(block) is np.ndarray and block.dtype == blocks[0].dtype for block in blocks):
+        return each
+    box = tuple(
+        slice(min(region[axis].start for region in regions), max(region[axis].stop for region in regions))
+        for axis in range(len(regions[0]))
+    )
+    if sum(block.size for block in blocks) != math.prod(part.stop - part.start for part in box):
+        return each
+    whole = np.empty(tuple(part.stop - part.start for part in box), dtype=blocks[0].dtype)
+    for block, region in each:
+        whole[tuple(slice(part.start - corner.start, part.stop - corner.start) for part, corner in zip(
+            region, box, strict=True))] = block
+    return [(whole, box)]
 
 
 def finish_array(backend: str, path: Any, origin: str | None, *written: None) -> None:

@@ -4,7 +4,9 @@ A run fails for real here: a worker is SIGKILLed part-way, and the cluster
 gives up on the task it was running (allowed-failures 0, as a preemptible
 node that never comes back would leave it). Every block the resumed run
 computes leaves a file in a log directory, so the tests count exactly which
-blocks it wrote.
+blocks it wrote. Each block is written by a task of its own (no groups of
+small blocks, see polystore_dask.array_writes), so a kill lands between
+the blocks' commits.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from distributed.scheduler import KilledWorker
 
 from polystore import ZarrBackend
 from polystore_dask import PolystorePlugin
+from polystore_dask.array_writes import GROUP_BYTES_CONFIG
 from tests._cluster import PATIENCE, cluster_client, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -37,7 +40,10 @@ ALL_BLOCKS = {(row, 0) for row in range(SHAPE[0] // BLOCKS[0])}
 @pytest.fixture(scope="module")
 def client(polystore_plugin: PolystorePlugin) -> Iterator[Client]:
     """A cluster that fails a task whose worker died running it (no retry), and never gives up on a killed worker."""
-    settings = {"distributed.scheduler.allowed-failures": 0, "distributed.deploy.lost-worker-timeout": "1h"}
+    settings = {
+        "distributed.scheduler.allowed-failures": 0, "distributed.deploy.lost-worker-timeout": "1h",
+        GROUP_BYTES_CONFIG: 0,
+    }
     with dask.config.set(settings), cluster_client(2) as client:
         client.register_plugin(polystore_plugin)
         yield client
