@@ -1,8 +1,10 @@
 """The graphs of save_array and load_array, built on the client.
 
 Two kinds of backend hold arrays. One that stores arrays by region
-(``supports_regions``, as zarr) gets an array created first, then one task
-per block writing whole chunks (whole shards) into it; one that keeps data
+(``supports_regions``, as zarr) gets an array created first, then tasks
+that each compute a block, or a group of small neighbouring blocks, and
+write it as whole chunks (whole shards) into it (see
+:mod:`~polystore_dask.array_writes`); one that keeps data
 per process (or per host) gets each block kept on the worker (the host)
 that computed it, with the array's layout beside the blocks. Every step that touches the stored array
 before the graph runs (creating it, reading its layout, finding what

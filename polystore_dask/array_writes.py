@@ -24,6 +24,7 @@ from typing import Any
 
 import dask
 import dask.array as da
+from dask._task_spec import convert_legacy_graph
 from dask.task_spec import Alias, GraphNode, Task, TaskRef
 
 from polystore.backend import PathLike
@@ -50,7 +51,8 @@ def plan_writes(
     """
     blocks = [block for block in blocks_of(x.chunks) if not skip(block[1])]
     wanted = [(x.name, *index) for index, _ in blocks]
-    graph = dict(x.__dask_optimize__(x.__dask_graph__(), wanted))
+    # (dask's optimisation gives task objects; with its fusion turned off, legacy tuples may remain.)
+    graph = convert_legacy_graph(dict(x.__dask_optimize__(x.__dask_graph__(), wanted)))
     inlined = _inlineable(graph, wanted)
     budget = dask.config.get(GROUP_BYTES_CONFIG, DEFAULT_GROUP_BYTES)
     side = _group_side(x, budget) if len(inlined) == len(wanted) else (1,) * x.ndim

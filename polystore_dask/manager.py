@@ -285,7 +285,12 @@ class DaskFileManager:
         ``zarr``) the array is created first, then every task writes whole
         chunks (whole shards when ``shards`` is given): ``x`` is rechunked to
         that grid if its blocks do not line up with it, so no two tasks touch
-        one chunk and no lock is needed. ``chunks=None`` uses ``x``'s chunks
+        one chunk and no lock is needed. Each write task computes the blocks
+        it writes itself (their tasks are fused into it), and small
+        neighbouring blocks are written several to a task, as one region:
+        up to 4 MiB of blocks a task, set by the dask config value
+        ``polystore.save-array.group-bytes`` on the client (0 writes every
+        block by a task of its own). ``chunks=None`` uses ``x``'s chunks
         when they are regular, else the backend's default. With a
         per-process backend (``memory``) each block stays in the memory of
         the worker that computed it, at ``<path>/<i>.<j>...``, with the
@@ -295,7 +300,7 @@ class DaskFileManager:
         waits for the unfinished operations on ``path``, like any operation.
 
         The array is marked incomplete until every block is written, and
-        each finished block is recorded in it (see
+        each finished write (a block, or a group of blocks) is recorded in it (see
         :meth:`ZarrBackend.committed_regions`): a run that failed part-way
         leaves an array that loads refuse, and ``resume=True`` then writes
         only the blocks not recorded.

@@ -142,3 +142,11 @@ def test_save_array_sends_no_block_data_through_the_client(dfm, tmp_path):
         assert dfm.save_array(x, str(tmp_path / "big.zarr"), compressor=None) is None
     assert sampler.peak_growth < 32 * 2**20, f"the client grew by {sampler.peak_growth / 2**20:.0f} MiB"
     assert zarr.open_array(str(tmp_path / "big.zarr"), mode="r")[8000:, 8000:].sum() > 0
+
+
+def test_save_array_is_exact_with_dask_fusion_turned_off(dfm, tmp_path):
+    x = generated()
+    path = str(tmp_path / "unfused.zarr")
+    with dask.config.set({"optimization.fuse.active": False}):
+        dfm.save_array(x, path)
+    np.testing.assert_array_equal(zarr.open_array(path, mode="r")[...], x.compute())
