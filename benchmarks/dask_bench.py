@@ -107,7 +107,7 @@ def _memory_result(
 
 
 #: The cases of rows 5 and 6: (letter, chunk side, chunk side in --quick mode, compressor).
-ARRAY_CASES = (("a", 1024, 512, "zstd"), ("b", 256, 256, "zstd"), ("c", 1024, 512, None), ("d", 256, 256, None))
+ARRAY_CASES = (("a", 1024, 256, "zstd"), ("b", 256, 128, "zstd"), ("c", 1024, 256, None), ("d", 256, 128, None))
 
 
 def _save_and_load_array(bench: Bench, client: Any, rows: set[str]) -> list[Result]:
@@ -128,7 +128,7 @@ def _array_case(
     from polystore_dask import DaskFileManager
 
     dfm = DaskFileManager(client)
-    side = bench.size(16384, 1024)
+    side = bench.size(16384, 512)
 
     def generated() -> Any:
         return da.random.default_rng(42).random((side, side), dtype=np.float32, chunks=(chunk, chunk))
