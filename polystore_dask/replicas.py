@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from distributed import Future, wait
 
 from polystore.backend import PathLike
-from polystore_dask.batching import group_items, holders_of, items_per_task, nbytes, ship
+from polystore_dask.batching import group_items, holders_of, items_per_task, nbytes, ship_parts
 from polystore_dask.errors import LostPathError, lost_error
 from polystore_dask.owners import Owners
 from polystore_dask.placement import BatchPart
@@ -171,12 +171,17 @@ class Replication:
         # About two tasks per worker in all, as without replicas: each part is written k times.
         per_task = items_per_task(sum(map(len, chosen)), len(workers))
         groups = group_items(chosen, per_task, [nbytes(data) for data in data_list])
-        parts: list[BatchPart] = []
-        for holders, positions in groups:
-            # Large data is scattered once (the holders fetch it); small data goes to each holder in its
-            # own task, so a frozen holder holds up no other replica's data.
-            items = ship(self.client, [data_list[position] for position in positions], workers.pin(holders[0]))
-            parts.extend(BatchPart(positions, items, workers.pin(holder), holder) for holder in holders)
+        # Each replica's items travel to its own holder, every holder's at once (ship_parts), so a
+        # frozen holder holds up no other replica's data.
+        replicas = [(holder, positions) for holders, positions in groups for holder in holders]
+        shipped = ship_parts(
+            self.client, [[data_list[position] for position in positions] for _, positions in replicas],
+            [workers.pin(holder) for holder, _ in replicas],
+        )
+        parts = [
+            BatchPart(positions, items, workers.pin(holder), holder)
+            for (holder, positions), items in zip(replicas, shipped, strict=True)
+        ]
         saves, checks, sent = self.placement.submit_parts(token, parts, paths, keys, options, replicas=True)
         barrier = self.tasks.submit(f"polystore-save_batch-replicas-{token}", collect, saves)
 
