@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import shutil
 import statistics
@@ -19,10 +20,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = [
-    "Bench", "GiB", "MiB", "Result", "RssSampler", "Stats", "Trial", "compare", "compare_several", "measure",
-    "throughput_result", "timed",
+    "Bench", "GiB", "MiB", "Result", "RssSampler", "Stats", "Trial", "compare", "compare_several", "dask_client",
+    "measure", "throughput_result", "timed",
 ]
 
 #: Prepares, times the measured operation, cleans up; returns seconds.
@@ -30,6 +32,28 @@ Trial = Callable[[], float]
 
 MiB = 1 << 20
 GiB = 1 << 30
+
+
+@contextlib.contextmanager
+def dask_client(plugin: Any = None) -> Iterator[Any]:
+    """A Client of ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)`` with ``plugin`` registered.
+
+    ``plugin`` defaults to ``PolystorePlugin()``.
+    """
+    from distributed import Client, LocalCluster
+
+    from polystore_dask import PolystorePlugin
+
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR,
+            # any free port for the scheduler's HTTP server: no warning when another cluster holds 8787
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        client.register_plugin(PolystorePlugin() if plugin is None else plugin)
+        yield client
 
 
 def timed(function: Callable[..., object], *args: object, **kwargs: object) -> float:

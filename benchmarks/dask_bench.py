@@ -24,13 +24,11 @@ processes=True)`` with ``PolystorePlugin`` registered, shared by both sides.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
 import multiprocessing
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -45,6 +43,7 @@ from benchmarks._harness import (
     Stats,
     compare,
     compare_several,
+    dask_client,
     throughput_result,
     timed,
 )
@@ -52,24 +51,6 @@ from benchmarks._harness import (
 __all__ = ["run"]
 
 MAX_CLIENT_GROWTH_MIB = 200.0
-
-
-@contextlib.contextmanager
-def _cluster() -> Iterator[Any]:
-    from distributed import Client, LocalCluster
-
-    from polystore_dask import PolystorePlugin
-
-    with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR,
-            # any free port for the scheduler's HTTP server: no warning when another cluster holds 8787
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        client.register_plugin(PolystorePlugin())
-        yield client
 
 
 class _Sampled:
@@ -309,7 +290,7 @@ def _write_held(directory: str | None) -> None:
 def run(bench: Bench, rows: set[str]) -> list[Result]:
     """Measure the selected rows among 5, 6, 7 and 8 on one LocalCluster."""
     results = []
-    with warnings.catch_warnings(), _cluster() as client:
+    with warnings.catch_warnings(), dask_client() as client:
         # Both sides of row 7 put arrays in the graph, which Dask warns about.
         warnings.filterwarnings("ignore", message=".*Sending large graph.*")
         if rows & {"5", "6", "8"}:

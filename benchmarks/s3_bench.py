@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from benchmarks._harness import Bench, MiB, Result, compare, throughput_result, timed
+from benchmarks._harness import Bench, MiB, Result, compare, dask_client, throughput_result, timed
 from polystore import BackendRegistry, FileManager
 
 __all__ = ["run"]
@@ -253,7 +252,6 @@ def _zarr_in_a_bucket(bench: Bench, fm: FileManager, raw: Any, cleaner: Any) -> 
 
 def _dask_to_a_bucket(bench: Bench, zarr_options: dict[str, Any], raw: Any, cleaner: Any) -> list[Result]:
     import dask.array as da
-    from distributed import Client, LocalCluster
 
     from polystore_dask import DaskFileManager, PolystorePlugin
 
@@ -262,14 +260,7 @@ def _dask_to_a_bucket(bench: Bench, zarr_options: dict[str, Any], raw: Any, clea
     def generated() -> Any:
         return da.random.default_rng(13).random((side, side), dtype=np.float32, chunks=(chunk, chunk))
 
-    with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR,
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        client.register_plugin(PolystorePlugin(options={"zarr": zarr_options}))
+    with dask_client(PolystorePlugin(options={"zarr": zarr_options})) as client:
         dfm = DaskFileManager(client)
         dfm.save_array(generated(), "dask-source.zarr", "zarr")
         chunks, compressors = _zarr_codecs(raw, "ours/dask-source.zarr")

@@ -20,7 +20,6 @@ it is an upper bound on the manager's own table.
 from __future__ import annotations
 
 import gc
-import logging
 import statistics
 import time
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._harness import Bench, Result, Stats
+from benchmarks._harness import Bench, Result, Stats, dask_client
 
 __all__ = ["run"]
 
@@ -83,20 +82,11 @@ def _one_count(dfm: Any, count: int) -> dict[str, float]:
 
 def run(bench: Bench, rows: set[str]) -> list[Result]:
     """Measure the batch and single-path operations at each count of paths."""
-    from distributed import Client, LocalCluster
-
-    from polystore_dask import DaskFileManager, PolystorePlugin
+    from polystore_dask import DaskFileManager
 
     counts = [100, 1000] if bench.quick else [1000, 10_000, 100_000, 1_000_000]
     found: dict[int, dict[str, float]] = {}
-    with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR,
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        client.register_plugin(PolystorePlugin())
+    with dask_client() as client:
         dfm = DaskFileManager(client)
         _one_count(dfm, 100)  # warm-up: imports, first tasks
         for count in counts:
