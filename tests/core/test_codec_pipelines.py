@@ -1,4 +1,4 @@
-"""The zarr backend's codec pipelines: zarrs by default, zarr's own on request, the same data either way.
+"""The zarr backend's codec pipelines: the faster one by default, either on request, the same data either way.
 
 zarrs falls back to zarr-python's pipeline for what it does not support
 (strings, bytes, structured dtypes...), so every dtype and every compressor
@@ -12,6 +12,7 @@ a user's own zarr arrays in the same process keep zarr's setting.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -45,7 +46,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::zarr.errors.UnstableSpecificati
 def both(tmp_path: Path) -> tuple[ZarrBackend, ZarrBackend]:
     (tmp_path / "zarrs").mkdir()
     (tmp_path / "zarr").mkdir()
-    return ZarrBackend(root=tmp_path / "zarrs"), ZarrBackend(root=tmp_path / "zarr", codec_pipeline="zarr")
+    return (ZarrBackend(root=tmp_path / "zarrs", codec_pipeline="zarrs"),
+            ZarrBackend(root=tmp_path / "zarr", codec_pipeline="zarr"))
 
 
 def saved_or_refused(backend: ZarrBackend, data: Any, path: str, **options: Any) -> str | None:
@@ -117,6 +119,32 @@ def test_the_backend_creates_and_opens_with_zarrs_and_leaves_zarrs_setting_as_it
     assert pipeline_of(zarr.create_array(str(tmp_path / "user.zarr"), shape=(3,), dtype="int8")) == ZARR_OWN
 
 
+def _opened_for(backend: ZarrBackend, path: str, mode: str) -> str:
+    return pipeline_of(backend._open(backend._tree.resolve(path), path, mode=mode))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the allocator setting auto looks at is glibc's")
+def test_auto_reads_with_zarr_pythons_pipeline_where_the_allocator_trims_and_with_zarrs_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = np.arange(64, dtype="float32").reshape(8, 8)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    plain = ZarrBackend(root=tmp_path)
+    assert plain.codec_pipeline == "auto"
+    plain.save(data, "a.zarr", chunks=(4, 4))
+    assert (_opened_for(plain, "a.zarr", "r"), _opened_for(plain, "a.zarr", "r+")) == (ZARRS, ZARRS)
+    # As in a worker its nanny started: each freed buffer goes back to the system.
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    trimming, forced = ZarrBackend(root=tmp_path), ZarrBackend(root=tmp_path, codec_pipeline="zarrs")
+    assert pipeline_of(trimming.create_array("made.zarr", (8, 8), "float32", (4, 4))) == ZARRS
+    assert (_opened_for(trimming, "a.zarr", "r"), _opened_for(trimming, "a.zarr", "r+")) == (ZARR_OWN, ZARRS)
+    assert _opened_for(forced, "a.zarr", "r") == ZARRS
+    trimming.save(data + 1, "made.zarr", region=(slice(0, 8), slice(0, 8)))
+    for backend in (trimming, forced, plain):
+        np.testing.assert_array_equal(backend.load("a.zarr"), data)
+        np.testing.assert_array_equal(backend.load("made.zarr", region=(slice(2, 6), slice(None))), data[2:6] + 1)
+
+
 def test_codec_pipeline_zarr_uses_what_the_users_zarr_config_names(tmp_path: Path) -> None:
     backend = ZarrBackend(root=tmp_path, codec_pipeline="zarr")
     assert pipeline_of(backend.create_array("own.zarr", (4,), "int8", (2,))) == ZARR_OWN
@@ -159,7 +187,7 @@ def test_threads_saving_and_loading_at_once_leave_zarrs_setting_as_it_was(tmp_pa
 
 
 def test_an_unknown_codec_pipeline_is_refused_naming_the_choices(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"unknown codec_pipeline 'tensorstore'.*'zarrs'.*'zarr'"):
+    with pytest.raises(ValueError, match=r"unknown codec_pipeline 'tensorstore'.*'auto'.*'zarrs'.*'zarr'"):
         ZarrBackend(root=tmp_path, codec_pipeline="tensorstore")
 
 

@@ -23,6 +23,7 @@ from polystore.backend import PathLike, StorageBackend, check_batch_lengths, che
 from polystore.backends.disk import TEMP_PREFIX
 from polystore.backends.zarr.commits import COMMITS, clear_commits, read_commits, record_commit
 from polystore.backends.zarr.create import (
+    AUTO,
     array_layout,
     as_array,
     check_attributes,
@@ -133,19 +134,25 @@ class ZarrBackend(StorageBackend):
         directory. An ``s3://bucket/prefix`` URL keeps the arrays in that
         bucket instead (see below).
     codec_pipeline
-        How chunks of a local array are encoded and decoded: ``"zarrs"``
-        (the default), the Rust pipeline of the zarrs package, several times
-        faster for uncompressed data and every read; or ``"zarr"``, the
+        How chunks of a local array are encoded and decoded: ``"zarrs"``, the
+        Rust pipeline of the zarrs package, several times faster for
+        uncompressed data and for reads in most processes; ``"zarr"``, the
         pipeline ``zarr.config`` names (zarr-python's own unless you set
-        another). The files are the same either way, and what zarrs does not
+        another); or ``"auto"`` (the default), the faster of the two for the
+        work as measured: zarrs, but zarr-python's for reading on a Dask
+        worker started by a nanny. The nanny sets ``MALLOC_TRIM_THRESHOLD_``,
+        so every chunk is read into freshly mapped memory, and zarrs, which
+        faults in more of it, read 4 MiB chunks 10 to 15% slower there.
+        The files are the same either way, and what zarrs does not
         support (some dtypes, codecs, selections) zarr-python does in its
         place. Only the arrays this backend opens use it: zarr's own setting
         stays as it was for every other array in the process. Arrays in a
-        bucket (an ``s3://`` root) use ``"zarr"`` unless you pass
-        ``"zarrs"``, which works there too (zarrs reads and writes through
-        zarr's ``ObjectStore``, the same objects), but builds its own S3
-        client for each array it opens, sharing no connections: on a local
-        SeaweedFS it was no faster for large arrays and slower for small ones.
+        bucket (an ``s3://`` root) use ``"zarr"`` (``"auto"`` there too)
+        unless you pass ``"zarrs"``, which works there too (zarrs reads and
+        writes through zarr's ``ObjectStore``, the same objects), but builds
+        its own S3 client for each array it opens, sharing no connections: on
+        a local SeaweedFS it was no faster for large arrays and slower for
+        small ones.
     store_options
         Only with an ``s3://`` root: the options of :class:`S3Backend` but
         the bucket and prefix (``endpoint``, ``region``, ``access_key_id``,
@@ -196,7 +203,7 @@ class ZarrBackend(StorageBackend):
         root: str | os.PathLike[str] | None = None,
         store_options: dict[str, Any] | None = None,
         *,
-        codec_pipeline: str = "zarrs",
+        codec_pipeline: str = AUTO,
     ) -> None:
         if store_options is not None:
             raise TypeError(
@@ -627,7 +634,7 @@ class ZarrBackend(StorageBackend):
             # A writable LocalStore would create a missing directory.
             self._tree.require_array(target, path, "write into")
         try:
-            with codec_pipeline_in_force(self.codec_pipeline, target):
+            with codec_pipeline_in_force(self.codec_pipeline, target, reading=mode == "r"):
                 return zarr.open_array(store=LocalStore(target, read_only=mode == "r"), mode=mode, zarr_format=3)
         except Exception:
             # Say why (missing, a directory, another file); an array that
