@@ -133,10 +133,15 @@ class DaskFileManager:
     ) -> Future:
         """Store ``data`` (a value or a Future) at ``path`` on ``backend``; see :meth:`FileManager.save`.
 
-        A Future's data is saved on the worker that holds it. ``replicas=k``
-        (per-process and per-host backends only) keeps the path on k workers
-        (see the class notes); None: the plugin's ``replicas`` option for the
-        backend, else as the path already has, else 1.
+        A Future's data is saved on the worker that holds it. Data held by
+        the client goes in the task graph if small; from 8 MiB it travels
+        once, straight to the worker that saves it, and is shipped again
+        from ``data`` if that worker dies before saving it (as for
+        :meth:`save_batch`: leave ``data`` unchanged until the save is done).
+        ``replicas=k`` (per-process and per-host backends only) keeps the
+        path on k workers (see the class notes); None: the plugin's
+        ``replicas`` option for the backend, else as the path already has,
+        else 1.
         """
         placement = self._placement(backend)
         return placement.save(data, path, {"overwrite": overwrite, **kwargs, **_replicas(placement, replicas)})

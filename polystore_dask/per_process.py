@@ -18,7 +18,7 @@ from distributed import Future
 
 from polystore.backend import PathLike
 from polystore_dask import array_graphs
-from polystore_dask.batching import group_items, holders_of, items_per_task, nbytes, ship, ship_parts
+from polystore_dask.batching import group_items, holders_of, items_per_task, nbytes, ship_parts
 from polystore_dask.ordering import OrderedTasks
 from polystore_dask.owners import Owners
 from polystore_dask.placement import ArrayOptions, BatchPart, Placement
@@ -69,7 +69,7 @@ class ProcessPlacement(Placement):
         self.owners.set(key[1], owner)
         pin = workers.pin(owner)
         return self.tasks.run(
-            "save", call, self.name, "save", (ship(self.client, data, pin), path), options,
+            "save", call, self.name, "save", (self.shipped(data, pin), path), options,
             path_args=(1,), owner=owner, writes=[key], pin=pin,
         )
 

@@ -17,16 +17,16 @@ from __future__ import annotations
 import os
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from distributed import Future
 
 from polystore.backend import PathLike, check_batch_paths
-from polystore_dask.batching import group_items, items_per_task
+from polystore_dask.batching import group_items, items_per_task, must_ship
 from polystore_dask.ordering import OrderedTasks
 from polystore_dask.plugin import check_replicas
-from polystore_dask.shipping import Shipment, Shipments, take_shipped
+from polystore_dask.shipping import Shipment, Shipments, ShippedPart, take_shipped, take_shipped_item
 from polystore_dask.tasks import call, check_items, hold, join_batches, settle
 from polystore_dask.traits import BackendTraits, PathKey
 from polystore_dask.workers import Keeper, Owner, Workers
@@ -45,7 +45,7 @@ class BatchPart(NamedTuple):
     """The items of a batch that one task saves: their positions, their data, and where it runs."""
 
     positions: list[int]
-    #: The items, a Future of them, or the items shipped to the part's worker.
+    #: The items (each inline, a Future, or shipped alone), a Future of them, or the items shipped together.
     items: list[Any] | Future | Shipment
     pin: list[str] | None
     owner: Owner | None
@@ -147,22 +147,39 @@ class Placement(ABC):
     def _data_of(self, token: str, index: int, part: BatchPart, *, shared: bool) -> Any:
         """What a part's check and save take as its items: a Future, or the items inline.
 
-        A shipped part is taken out of its worker's memory by a task of its
-        own, whose result distributed computes again if it is lost (see
-        :mod:`polystore_dask.shipping`); inline items that both a check and
-        the save use (``shared``) go into the graph once, in a task whose
+        A shipped part (or item) is taken out of its worker's memory by a task
+        of its own, whose result distributed computes again if it is lost
+        (see :mod:`polystore_dask.shipping`); inline items that both a check
+        and the save use (``shared``) go into the graph once, in a task whose
         result they share.
         """
         key = f"polystore-save_batch-data-{token}-{index}"
         if isinstance(part.items, Shipment):
-            shipment = part.items
-            pin = [shipment.address] if shipment.address is not None else part.pin
-            taken = self.tasks.submit(key, take_shipped, shipment.part, pin=pin)
-            Shipments.of(self.client).keep(taken, shipment)
-            return taken
-        if isinstance(part.items, Future) or not shared:
+            return self._taken(key, part.items, part.pin, take_shipped)
+        if isinstance(part.items, Future):
             return part.items
-        return self.tasks.submit(key, hold, part.items, pin=part.pin)
+        items = [
+            self._taken(f"{key}-{position}", item, part.pin, take_shipped_item) if isinstance(item, Shipment) else item
+            for position, item in enumerate(part.items)
+        ]
+        return self.tasks.submit(key, hold, items, pin=part.pin) if shared else items
+
+    def shipped(self, data: Any, pin: list[str] | None) -> Any:
+        """What the save of one item takes as its data: ``data`` itself, or a task taking it where it was shipped.
+
+        An item that :func:`~polystore_dask.batching.must_ship` is shipped
+        straight to the first of ``pin`` (see :mod:`polystore_dask.shipping`).
+        """
+        if isinstance(data, Future) or not must_ship(data):
+            return data
+        (shipment,) = Shipments.of(self.client).ship([[data]], [pin[0] if pin else None])
+        return self._taken(f"polystore-save-data-{uuid.uuid4().hex}", shipment, pin, take_shipped_item)
+
+    def _taken(self, key: str, shipment: Shipment, pin: list[str] | None, take: Callable[[ShippedPart], Any]) -> Future:
+        """The task taking ``shipment`` on the worker it went to, kept by the client until that task is released."""
+        taken = self.tasks.submit(key, take, shipment.part, pin=[shipment.address] if shipment.address else pin)
+        Shipments.of(self.client).keep(taken, shipment)
+        return taken
 
     def submit_loads(
         self,

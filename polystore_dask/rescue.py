@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from distributed.active_memory_manager import ReduceReplicas
 from distributed.diagnostics.plugin import SchedulerPlugin
-
-from polystore_dask.batching import SHIPPED_PREFIX
 
 if TYPE_CHECKING:
     from dask.typing import Key
@@ -62,26 +59,5 @@ class StrandedTaskRescue(SchedulerPlugin):
 
     async def start(self, scheduler: Scheduler) -> None:
         self._scheduler = scheduler
-        manager = scheduler.extensions.get("amm")
-        if manager is not None:
-            for policy in list(manager.policies):
-                if type(policy) is ReduceReplicas:
-                    manager.policies.discard(policy)
-                    manager.add_policy(KeepShippedReplicas())
 
     _scheduler: Scheduler | None = None
-
-
-class KeepShippedReplicas(ReduceReplicas):
-    """distributed's ReduceReplicas, except for data polystore shipped from the client.
-
-    polystore keeps such data on two workers until the task saving it has
-    run, so the save survives the death of either (see
-    :func:`polystore_dask.batching.ship`); every other key is treated as
-    ReduceReplicas treats it.
-    """
-
-    def run(self) -> Any:
-        for suggestion in super().run():
-            if not str(suggestion.ts.key).startswith(SHIPPED_PREFIX):
-                yield suggestion

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -10,7 +11,7 @@ from distributed import Future
 
 from polystore.backend import PathLike
 from polystore_dask import array_graphs
-from polystore_dask.batching import group_items, holders, holders_of, items_per_task, nbytes, ship, ship_parts
+from polystore_dask.batching import group_items, holders, holders_of, items_per_task, must_ship, nbytes, ship_parts
 from polystore_dask.placement import ArrayOptions, BatchPart, Placement
 from polystore_dask.tasks import call
 from polystore_dask.workers import Workers
@@ -19,16 +20,27 @@ if TYPE_CHECKING:
     import dask.array
     from dask.delayed import Delayed
 
+    from polystore_dask.ordering import OrderedTasks
+    from polystore_dask.traits import BackendTraits
+
 __all__ = ["SharedPlacement"]
 
 
 class SharedPlacement(Placement):
     """Tasks run on any worker, or where their data (a Future) already is."""
 
+    def __init__(self, traits: BackendTraits, tasks: OrderedTasks) -> None:
+        super().__init__(traits, tasks)
+        self._turns = itertools.count()
+
     def save(self, data: Any, path: PathLike, options: dict[str, Any]) -> Future:
         pin = holders(self.client, data)
+        if pin is None and must_ship(data):
+            # Large data from the client goes to the next worker in turn, and is saved there.
+            running = Workers(self.client).running()
+            pin = [running[next(self._turns) % len(running)].address] if running else None
         return self.tasks.run(
-            "save", call, self.name, "save", (ship(self.client, data, pin), path), options,
+            "save", call, self.name, "save", (self.shipped(data, pin), path), options,
             path_args=(1,), origin=self.origin(), writes=[self.key(path)], pin=pin,
         )
 

@@ -41,6 +41,7 @@ __all__ = [
     "ShippedPart",
     "changed_by_pickle",
     "take_shipped",
+    "take_shipped_item",
 ]
 
 #: How many times the client sends one part again after the workers it was sent to were lost.
@@ -233,6 +234,12 @@ def take_shipped(part: ShippedPart) -> Any:
         return Refusal(f"the client did not send it again within {RESEND_SECONDS:g} s")
     except Exception as error:  # a failed task would fail every later operation on its paths
         return Refusal(f"taking it failed: {type(error).__name__}: {error}")
+
+
+def take_shipped_item(part: ShippedPart) -> Any:
+    """:func:`take_shipped` of a part of one item: the item, or the :class:`Refusal`."""
+    taken = take_shipped(part)
+    return taken if isinstance(taken, Refusal) else taken[0]
 
 
 def _arrived(data: Any) -> Any:

@@ -151,8 +151,8 @@ def call(
         worker = get_worker()
         if owner is not None:
             check_owner(owner, worker, backend, _paths_in(args, path_args))
-        if method in _SAVES and isinstance(args[0], Refusal):
-            raise lost_shipment_error(backend, _paths_in(args, path_args), args[0].reason)
+        if method in _SAVES:
+            _check_shipped(backend, args[0], _paths_in(args, path_args), batch=method == "save_batch")
         target = registry_of(worker)[backend]
         resolved = list(args)
         for index in path_args:
@@ -202,8 +202,7 @@ def check_items(
         worker = get_worker()
         if owner is not None:
             check_owner(owner, worker, backend, paths)
-        if isinstance(data_list, Refusal):
-            raise lost_shipment_error(backend, paths, data_list.reason)
+        data_list = _check_shipped(backend, data_list, paths, batch=True)
         target = registry_of(worker)[backend]
         for data, path in zip(data_list, paths, strict=True):
             where = resolve(path, target, origin)
@@ -225,6 +224,19 @@ def hold(value: Any) -> Any:
 
 #: The methods whose re-run after a worker died may find its own earlier writes.
 _SAVES = frozenset({"save", "save_batch"})
+
+
+def _check_shipped(backend: str, data: Any, paths: list[Any], *, batch: bool) -> Any:
+    """Return the data of a save, or raise :func:`~polystore_dask.errors.lost_shipment_error` for the paths
+    whose data the client could not ship again: all of them if ``data`` is a
+    :class:`~polystore_dask.shipping.Refusal`, or in a ``batch`` those whose item is one (shipped on its own)."""
+    if isinstance(data, Refusal):
+        raise lost_shipment_error(backend, paths, data.reason)
+    if batch:
+        refused = [(path, item) for item, path in zip(data, paths, strict=True) if isinstance(item, Refusal)]
+        if refused:
+            raise lost_shipment_error(backend, [path for path, _ in refused], refused[0][1].reason)
+    return data
 
 
 def is_rerun(worker: Worker) -> bool:

@@ -445,17 +445,27 @@ def test_memory_directory_copy_keeps_each_copied_path_on_the_worker_that_kept_it
         dfm.copy(source, f"{source}/sub/inside", "memory", recursive=True).result()
 
 
-def test_data_shipped_from_the_client_keeps_both_replicas_through_the_memory_manager(client, dfm):
-    # distributed's active memory manager drops extra replicas every few seconds; the save of shipped
-    # data must still find a copy when one of its two holders dies, so polystore's copies are kept.
-    from polystore_dask.batching import SHIPPED_PREFIX, ship
+def test_a_large_save_from_the_client_travels_once_outside_the_graph_and_leaves_no_copy_behind(
+    client, dfm, tmp_path, caplog
+):
+    # 12 MiB made on the client, for a memory path and for a disk file: shipped to the worker that saves
+    # it (not in the graph, which distributed warns about from 10 MiB), and no copy of it is left on the
+    # workers once saved (before, a second one was kept by client.replicate).
+    from polystore_dask.shipping import SHIPPED_PREFIX
 
-    assert dfm is not None  # the manager registers the scheduler plugin that keeps them
-    future = ship(client, np.zeros((12 << 20) // 8), None)
-    other = client.scatter(np.zeros(4), hash=False)
-    client.replicate([other], n=2)
-    assert future.key.startswith(SHIPPED_PREFIX)
-    for _ in range(3):
-        client.amm.run_once()
-    wait_until(lambda: len(client.who_has([other])[other.key]) == 1, "the memory manager to drop a plain replica")
-    assert len(client.who_has([future])[future.key]) == 2
+    data = np.arange((12 << 20) // 8, dtype=np.int64)
+    path = f"{tmp_path.name}/big"
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        dfm.save(data, path, "memory").result()
+        dfm.save(data + 1, str(tmp_path / "big.npy"), "disk").result()
+    assert [str(warning.message) for warning in caught if "large graph" in str(warning.message)] == []
+    assert [record.message for record in caplog.records if "large graph" in record.getMessage()] == []
+    np.testing.assert_array_equal(dfm.load(path, "memory").result(), data)
+    np.testing.assert_array_equal(np.load(tmp_path / "big.npy"), data + 1)
+    assert sorted(path for paths in memory_paths_on(client, tmp_path.name).values() for path in paths) == [path]
+
+    def shipped_keys(dask_worker) -> list[str]:
+        return [str(key) for key in dask_worker.data if str(key).startswith(SHIPPED_PREFIX)]
+
+    wait_until(lambda: not any(client.run(shipped_keys).values()), "the shipped copies to be dropped")

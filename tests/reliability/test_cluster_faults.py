@@ -164,9 +164,9 @@ def check_saved_array(dfm: DaskFileManager, backend: str, path: str, expected: n
 def test_a_large_save_with_a_worker_killed_midway_completes_or_names_what_was_lost(
     client: Client, rng: random.Random, tmp_path: Path
 ) -> None:
-    """Data over the scatter threshold travels scattered; a kill must not cancel the save unnamed."""
+    """Data over the ship threshold travels shipped; a kill must not cancel the save unnamed."""
     dfm = DaskFileManager(client)
-    big = (12 << 20) // 8  # int64 items: above the manager's 8 MiB scatter threshold
+    big = (12 << 20) // 8  # int64 items: above the manager's 8 MiB ship threshold
 
     def data(trial: int) -> np.ndarray:
         return np.arange(big, dtype=np.int64) + trial
@@ -179,7 +179,7 @@ def test_a_large_save_with_a_worker_killed_midway_completes_or_names_what_was_lo
         killed = kill_a_worker_during(client, rng, future, duration)
         error = outcome_of(future)
         recover(client)
-        record("cluster: save (large, scattered) disk", operations=1, faults=int(killed))
+        record("cluster: save (large, shipped) disk", operations=1, faults=int(killed))
         assert error is None, f"trial {trial}: the save failed after a kill: {type(error).__name__}: {error}"
         np.testing.assert_array_equal(DiskBackend().load(path), data(trial))
 
@@ -267,6 +267,27 @@ def test_a_batch_whose_workers_die_before_saving_their_shipped_parts_is_shipped_
     assert [identify(DiskBackend().load(path), size) for path in paths] == [index + 1 for index in range(8)]
     requests = client.get_events(Shipments.of(client).topic)
     assert len(requests) >= 1, "no worker asked the client for a part again"
+
+
+def test_a_large_save_whose_workers_die_before_saving_it_is_shipped_again_and_completes(
+    client: Client, tmp_path: Path
+) -> None:
+    """A single large save's data has one copy on the workers too: lost unsaved, the client sends it again."""
+    dfm = DaskFileManager(client)
+    size = (12 << 20) // 8  # above the 8 MiB at which one item is shipped rather than put in the graph
+    path = str(tmp_path / "big.npy")
+    future = dfm.save(token_data(5, size), path, "reliability-slow-disk")
+    pids = client.run(os.getpid)
+    for pid in pids.values():  # the worker holding the data, before it has saved it, and the other
+        os.kill(pid, signal.SIGKILL)
+    unsaved = not os.path.exists(path)
+    error = outcome_of(future)
+    recover(client)
+    record("cluster: save (large, shipped) disk, data lost", operations=1, faults=len(pids))
+    assert unsaved, "the item was saved before the kill; the test needs a slower save"
+    assert error is None, f"{type(error).__name__}: {error}"
+    assert identify(DiskBackend().load(path), size) == 5
+    assert len(client.get_events(Shipments.of(client).topic)) >= 1, "no worker asked the client for the data again"
 
 
 def test_a_shipped_part_is_sent_again_at_most_resends_times_then_refused_with_the_reason(client: Client) -> None:
