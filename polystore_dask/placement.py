@@ -45,8 +45,8 @@ class BatchPart(NamedTuple):
     """The items of a batch that one task saves: their positions, their data, and where it runs."""
 
     positions: list[int]
-    #: The items (each inline, a Future, or shipped alone), a Future of them, or the items shipped together.
-    items: list[Any] | Future | Shipment
+    #: The items (each inline, a Future, or shipped alone), or the items shipped together.
+    items: list[Any] | Shipment
     pin: list[str] | None
     owner: Owner | None
 
@@ -145,7 +145,7 @@ class Placement(ABC):
         return saves, checks, held
 
     def _data_of(self, token: str, index: int, part: BatchPart, *, shared: bool) -> Any:
-        """What a part's check and save take as its items: a Future, or the items inline.
+        """What a part's check and save take as its items: a Future of them, or the items inline.
 
         A shipped part (or item) is taken out of its worker's memory by a task
         of its own, whose result distributed computes again if it is lost
@@ -156,8 +156,6 @@ class Placement(ABC):
         key = f"polystore-save_batch-data-{token}-{index}"
         if isinstance(part.items, Shipment):
             return self._taken(key, part.items, part.pin, take_shipped)
-        if isinstance(part.items, Future):
-            return part.items
         items = [
             self._taken(f"{key}-{position}", item, part.pin, take_shipped_item) if isinstance(item, Shipment) else item
             for position, item in enumerate(part.items)

@@ -124,25 +124,29 @@ def _opened_for(backend: ZarrBackend, path: str, mode: str) -> str:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the allocator setting auto looks at is glibc's")
-def test_auto_reads_with_zarr_pythons_pipeline_where_the_allocator_trims_and_with_zarrs_elsewhere(
+def test_auto_reads_large_chunks_with_zarr_pythons_pipeline_where_the_allocator_trims_and_with_zarrs_elsewhere(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data = np.arange(64, dtype="float32").reshape(8, 8)
+    large = np.arange(1024 * 1024, dtype="float32").reshape(1024, 1024)  # chunks of 2 MiB: LARGE_CHUNK_BYTES
+    small = large[:64, :64]
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     plain = ZarrBackend(root=tmp_path)
     assert plain.codec_pipeline == "auto"
-    plain.save(data, "a.zarr", chunks=(4, 4))
-    assert (_opened_for(plain, "a.zarr", "r"), _opened_for(plain, "a.zarr", "r+")) == (ZARRS, ZARRS)
+    plain.save(large, "large.zarr", chunks=(1024, 512), compressor=None)
+    plain.save(small, "small.zarr", chunks=(32, 32))
+    assert {_opened_for(plain, name, mode) for name in ("large.zarr", "small.zarr") for mode in ("r", "r+")} == {ZARRS}
     # As in a worker its nanny started: each freed buffer goes back to the system.
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     trimming, forced = ZarrBackend(root=tmp_path), ZarrBackend(root=tmp_path, codec_pipeline="zarrs")
-    assert pipeline_of(trimming.create_array("made.zarr", (8, 8), "float32", (4, 4))) == ZARRS
-    assert (_opened_for(trimming, "a.zarr", "r"), _opened_for(trimming, "a.zarr", "r+")) == (ZARR_OWN, ZARRS)
-    assert _opened_for(forced, "a.zarr", "r") == ZARRS
-    trimming.save(data + 1, "made.zarr", region=(slice(0, 8), slice(0, 8)))
+    assert (_opened_for(trimming, "large.zarr", "r"), _opened_for(trimming, "large.zarr", "r+")) == (ZARR_OWN, ZARRS)
+    assert _opened_for(trimming, "small.zarr", "r") == ZARRS
+    assert pipeline_of(trimming.create_array("made.zarr", (1024, 1024), "float32", (1024, 512))) == ZARRS
+    assert _opened_for(forced, "large.zarr", "r") == ZARRS
+    trimming.save(large + 1, "made.zarr", region=(slice(0, 1024), slice(0, 1024)))
     for backend in (trimming, forced, plain):
-        np.testing.assert_array_equal(backend.load("a.zarr"), data)
-        np.testing.assert_array_equal(backend.load("made.zarr", region=(slice(2, 6), slice(None))), data[2:6] + 1)
+        np.testing.assert_array_equal(backend.load("large.zarr"), large)
+        np.testing.assert_array_equal(backend.load("small.zarr", region=(slice(2, 6), slice(None))), small[2:6])
+        np.testing.assert_array_equal(backend.load("made.zarr", region=(slice(2, 6), slice(None))), large[2:6] + 1)
 
 
 def test_codec_pipeline_zarr_uses_what_the_users_zarr_config_names(tmp_path: Path) -> None:
