@@ -445,7 +445,7 @@ def test_memory_directory_copy_keeps_each_copied_path_on_the_worker_that_kept_it
         dfm.copy(source, f"{source}/sub/inside", "memory", recursive=True).result()
 
 
-def test_a_large_save_from_the_client_travels_once_outside_the_graph_and_leaves_no_copy_behind(
+def test_a_large_save_from_the_client_travels_outside_the_graph_and_leaves_no_copy_behind(
     client, dfm, tmp_path, caplog
 ):
     # 12 MiB made on the client, for a memory path and for a disk file: shipped to the worker that saves
