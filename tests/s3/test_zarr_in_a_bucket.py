@@ -262,5 +262,15 @@ def test_codec_pipeline_zarrs_with_an_s3_root_reads_and_writes_through_zarrs_wha
 
 
 def test_an_unknown_codec_pipeline_with_an_s3_root_is_refused_naming_the_choices(s3_options: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match="unknown codec_pipeline 'rust'; use 'zarrs'.*or 'zarr'"):
+    with pytest.raises(ValueError, match="unknown codec_pipeline 'rust'; use 'auto'.*'zarrs'.*or 'zarr'"):
         bucket_zarr(s3_options, codec_pipeline="rust")
+
+
+def test_codec_pipeline_auto_with_an_s3_root_is_zarr_pythons_pipeline(s3_options: dict[str, Any]) -> None:
+    # "auto" is the default of a local root; given with an s3:// root (e.g. one plugin option for both), it
+    # means what is fastest there, zarr-python's own pipeline, for reads and writes alike.
+    backend = bucket_zarr(s3_options, codec_pipeline="auto")
+    backend.save(np.arange(6.0), "auto.zarr", chunks=(6,))
+    assert backend.codec_pipeline == "zarr"
+    assert type(pipeline_of(backend, "auto.zarr")).__name__ == "BatchedCodecPipeline"
+    assert_same_data(backend.load("auto.zarr"), np.arange(6.0))
