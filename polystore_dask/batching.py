@@ -27,11 +27,11 @@ BATCH_BYTES = 64 << 20
 
 #: An inline item at least this big is shipped to its worker rather than
 #: embedded in the task graph (which distributed warns about from 10 MiB).
-SCATTER_BYTES = 8 << 20
+SHIP_BYTES = 8 << 20
 
 #: A batch part at least this big on the wire is shipped, straight to its worker: the task
 #: graph then stays small, and the scheduler never holds (or unpickles) the data.
-PART_SCATTER_BYTES = 1 << 20
+PART_SHIP_BYTES = 1 << 20
 
 #: What one small item adds to its part when serialised, beyond its bytes (a numpy array's header
 #: and pickle framing): a part of many tiny items is big on the wire though its data is not.
@@ -103,7 +103,7 @@ def must_ship(data: Any) -> bool:
     while distributed's own array serialization, which shipped data travels
     by, keeps the dtype exactly.
     """
-    return nbytes(data) >= SCATTER_BYTES or changed_by_pickle(data)
+    return nbytes(data) >= SHIP_BYTES or changed_by_pickle(data)
 
 
 def ship_parts(
@@ -117,9 +117,10 @@ def ship_parts(
     worker's parts at the same time, and shipped again from the client
     should that copy be lost before the part is saved (see
     :mod:`polystore_dask.shipping`); or, for a small part, its items, which
-    travel inline. A part with items that are Futures keeps them, each of
-    its inline items that :func:`must_ship` shipped on its own (a Shipment
-    in the list).
+    travel inline. A part with items that are Futures keeps them, and ships
+    each of its inline items on its own (a Shipment in the list) that
+    :func:`must_ship`, or all of them once they add up to
+    :data:`SHIP_BYTES`.
     """
     sending: list[list[Any]] = []
     addresses: list[str | None] = []
@@ -128,12 +129,14 @@ def ship_parts(
     for index, items in enumerate(parts):
         address = pin[0] if (pin := pins[index]) else None
         if any(isinstance(item, Future) for item in items):
+            # Its inline items stay out of the graph once they add up to SHIP_BYTES, as a single one does.
+            heavy = sum(nbytes(item) for item in items if not isinstance(item, Future)) >= SHIP_BYTES
             for position, item in enumerate(items):
-                if not isinstance(item, Future) and must_ship(item):
+                if not isinstance(item, Future) and (must_ship(item) or (heavy and nbytes(item))):
                     alone[index, position] = len(sending)
                     sending.append([item])
                     addresses.append(address)
-        elif sum(map(nbytes, items)) + ITEM_OVERHEAD * len(items) >= PART_SCATTER_BYTES or any(
+        elif sum(map(nbytes, items)) + ITEM_OVERHEAD * len(items) >= PART_SHIP_BYTES or any(
             map(changed_by_pickle, items)
         ):
             whole[index] = len(sending)

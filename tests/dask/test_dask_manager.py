@@ -445,6 +445,29 @@ def test_memory_directory_copy_keeps_each_copied_path_on_the_worker_that_kept_it
         dfm.copy(source, f"{source}/sub/inside", "memory", recursive=True).result()
 
 
+def test_inline_items_beside_a_future_travel_outside_the_graph_once_they_add_up(client, dfm, tmp_path, caplog):
+    # Paths a worker keeps, overwritten by a batch that holds a Future on that worker and 40 inline
+    # arrays of 1 MiB: the parts mix both, and their inline 10 MiB must not ride in the graph.
+    holder = worker_addresses(client)[0]
+    paths = [f"{tmp_path.name}/mixed/{index:02d}" for index in range(41)]
+    first = [client.submit(make_array, float(index), workers=[holder], pure=False) for index in range(41)]
+    client.gather(first)  # held on the holder: the batch saves each where it lives
+    dfm.save_batch(first, paths, "memory").result()
+    assert memory_paths_on(client, f"{tmp_path.name}/mixed")[holder] == paths
+    inline = [np.full((1 << 20) // 8, index, dtype=np.float64) for index in range(1, 41)]
+    future = client.submit(make_array, -1.0, workers=[holder], pure=False)
+    future.result()
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        dfm.save_batch([future, *inline], paths, "memory", overwrite=True).result()
+    assert [str(warning.message) for warning in caught if "large graph" in str(warning.message)] == []
+    assert [record.message for record in caplog.records if "large graph" in record.getMessage()] == []
+    loaded = dfm.load_batch(paths, "memory").result()
+    np.testing.assert_array_equal(loaded[0], np.full(4, -1.0))
+    for index in (1, 20, 40):
+        np.testing.assert_array_equal(loaded[index], inline[index - 1])
+
+
 def test_a_large_save_from_the_client_travels_outside_the_graph_and_leaves_no_copy_behind(
     client, dfm, tmp_path, caplog
 ):

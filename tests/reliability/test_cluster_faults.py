@@ -251,7 +251,7 @@ def test_a_batch_whose_workers_die_before_saving_their_shipped_parts_is_shipped_
 ) -> None:
     """Shipped parts have one copy on the workers: when it dies unsaved, the client sends the part again."""
     dfm = DaskFileManager(client)
-    size = (1 << 20) // 8  # 1 MiB items: every part is scattered (PART_SCATTER_BYTES), none travels in the graph
+    size = (1 << 20) // 8  # 1 MiB items: every part is shipped (PART_SHIP_BYTES), none travels in the graph
     items = [token_data(index + 1, size) for index in range(8)]
     paths = [str(tmp_path / f"item{index}.npy") for index in range(8)]
     future = dfm.save_batch(items, paths, "reliability-slow-disk")  # 0.1 s per item: about 0.4 s per worker
