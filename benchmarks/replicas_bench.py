@@ -114,7 +114,7 @@ def _heal(bench: Bench, client: Any) -> Result:
         victim = sorted(workers.members)[0]
         client.run(os._exit, 1, workers=[victim], on_error="ignore")
         deadline = time.monotonic() + 300
-        while victim in client.scheduler_info()["workers"]:
+        while victim in client.nthreads():
             if time.monotonic() > deadline:
                 raise RuntimeError(f"worker {victim} did not leave")
             time.sleep(0.01)

@@ -331,7 +331,7 @@ def main() -> None:
         dfm.save(mean, "summary/mean.npy.gz", "npygz").result()
         assert np.allclose(dfm.load("summary/mean.npy.gz", "npygz").result(), mean_frame(frames))
 
-        print(f"backend 'npygz' on {len(client.scheduler_info()['workers'])} workers, root {scratch}")
+        print(f"backend 'npygz' on {len(client.nthreads())} workers, root {scratch}")
         for path in [*dfm.list_files("frames", "npygz", extensions={".npy.gz"}), *dfm.list_files("summary", "npygz")]:
             print(f"  {path:<26} {dfm.stat(path, 'npygz')['size']:>8} bytes")
         raw = sum(frame.nbytes for frame in frames)

@@ -401,9 +401,9 @@ def main(argv: list[str] | None = None) -> None:
                 options = {"s3": s3, "zarr": {"root": f"s3://{s3['bucket']}/{s3['prefix']}".rstrip("/")}}
                 storage = Storage(results="s3", where=args.storage)
             client.register_plugin(PolystorePlugin(options=options))
-            workers = client.scheduler_info()["workers"]
-            threads = sum(worker["nthreads"] for worker in workers.values())
-            print(f"cluster: {len(workers)} workers, {threads} threads, scheduler {client.scheduler.address}")
+            threads = client.nthreads()
+            workers = f"{len(threads)} workers, {sum(threads.values())} threads"
+            print(f"cluster: {workers}, scheduler {client.scheduler.address}")
             steps = run_pipeline(client, storage, args.frames, args.size)
     finally:
         if cluster is not None:

@@ -111,7 +111,7 @@ def main() -> None:
         loaded = dfm.load_array(os.path.join(directory, "temperature"), "zarr", as_dataarray=True)
 
         size_mib = variables["temperature"].nbytes / 2**20
-        print(f"cluster: {len(client.scheduler_info()['workers'])} workers; output in {directory}")
+        print(f"cluster: {len(client.nthreads())} workers; output in {directory}")
         print(f"saved {len(variables)} arrays ({size_mib:.1f} MiB of temperature) in {saved:.2f} s")
         print("reopened with xr.open_zarr:")
         print(dataset)

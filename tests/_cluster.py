@@ -39,8 +39,18 @@ def wait_until(condition: Callable[[], Any], what: str) -> Any:
 def kill_worker(client: Client, address: str) -> None:
     """Kill the worker process at ``address`` (its nanny starts a new one at a new address)."""
     client.run(os._exit, 1, workers=[address], on_error="ignore")
-    wait_until(lambda: address not in client.scheduler_info()["workers"], f"worker {address} to leave")
+    wait_until(lambda: address not in worker_info(client), f"worker {address} to leave")
+
+
+def worker_info(client: Client) -> dict[str, Any]:
+    """The scheduler's record of each worker, by address, fetched afresh.
+
+    Not ``client.scheduler_info()["workers"]``: that returns the client's cached copy, which the client's
+    periodic refresh (every 2 s, fetched without workers) can overwrite between the fetch and the read, so
+    now and then it says the cluster has no workers.
+    """
+    return dict(client.sync(client.scheduler.identity, n_workers=-1)["workers"])
 
 
 def worker_addresses(client: Client) -> list[str]:
-    return sorted(client.scheduler_info()["workers"])
+    return sorted(worker_info(client))

@@ -190,13 +190,15 @@ class Hosts:
     def _wait_registered(self, deadline: float, timeout: float) -> None:
         from distributed import Client
 
+        from tests._cluster import worker_info
+
         with Client(self.address, timeout=timeout) as client:
-            while len(client.scheduler_info()["workers"]) < self.count:
+            while len(worker_info(client)) < self.count:
                 for name, process in self.hosts.items():
                     self._check_alive(process, f"host {name}")
                 if time.monotonic() > deadline:
                     raise RuntimeError(
-                        f"only {len(client.scheduler_info()['workers'])} of {self.count} hosts registered "
+                        f"only {len(worker_info(client))} of {self.count} hosts registered "
                         f"within {timeout:g} s{self._logs()}"
                     )
                 time.sleep(0.05)
@@ -273,7 +275,9 @@ class Hosts:
 
     def worker_address(self, client: Any, host: str) -> str:
         """The address of the worker of ``host`` (the worker's name is its host's)."""
-        for address, info in client.scheduler_info(n_workers=-1)["workers"].items():
+        from tests._cluster import worker_info
+
+        for address, info in worker_info(client).items():
             if info.get("name") == host:
                 return str(address)
         raise LookupError(f"no worker of host {host} is in the cluster")

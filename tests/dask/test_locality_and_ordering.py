@@ -12,7 +12,7 @@ import zarr
 from distributed import Client
 
 from polystore_dask import DaskFileManager, PolystorePlugin
-from tests._cluster import PATIENCE, kill_worker
+from tests._cluster import PATIENCE, kill_worker, worker_info
 
 #: How long the Future a save waits for takes to compute: long enough that later calls are issued before it ends.
 SLOW_SECONDS = 1.5
@@ -80,7 +80,7 @@ def test_a_per_process_path_found_on_a_worker_is_read_there(client, dfm, backend
     def save_here(dask_worker):
         dask_worker.plugins["polystore"].registry[backend].save(b"direct", path)
 
-    first = sorted(client.scheduler_info()["workers"])[0]
+    first = sorted(worker_info(client))[0]
     client.run(save_here, workers=[first])
     assert DaskFileManager(client).load(path, backend).result() == b"direct"
 

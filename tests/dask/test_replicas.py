@@ -16,7 +16,7 @@ from distributed import Client
 
 from polystore_dask import DaskFileManager, PolystorePlugin
 from polystore_dask.plugin import registry_of
-from tests._cluster import PATIENCE, cluster_client, kill_worker, wait_until
+from tests._cluster import PATIENCE, cluster_client, kill_worker, wait_until, worker_info
 from tests._reliability_ledger import record
 
 pytestmark = pytest.mark.cluster
@@ -132,7 +132,7 @@ def test_when_every_holder_is_lost_a_load_names_the_path_and_every_lost_worker(c
     # Both at once, before any healing can copy it.
     for address in lost:
         client.run(os._exit, 1, workers=[address], on_error="ignore")
-    wait_until(lambda: not set(lost) & set(client.scheduler_info()["workers"]), "both holders to leave")
+    wait_until(lambda: not set(lost) & set(worker_info(client)), "both holders to leave")
     with pytest.raises(FileNotFoundError) as caught:
         dfm.load(path, "memory").result(timeout=PATIENCE)
     message = str(caught.value)

@@ -7,7 +7,7 @@ import time
 import numpy as np
 from distributed import Client, Event
 
-from tests._cluster import PATIENCE
+from tests._cluster import PATIENCE, worker_info
 
 #: How long the load stays queued behind the busy worker's task: distributed balances every 100 ms,
 #: so without the fix the idle worker steals the load (which then fails) well within it.
@@ -32,7 +32,7 @@ def test_a_load_queued_behind_a_busy_keeper_is_not_stolen_by_an_idle_worker(clie
     data = np.arange(12.0).reshape(3, 4)
     dfm.save(data, path, "memory").result(timeout=PATIENCE)
     (keeper,) = holders(client, path)
-    (idle,) = [address for address in client.scheduler_info()["workers"] if address != keeper]
+    (idle,) = [address for address in worker_info(client) if address != keeper]
     started, release = Event(f"{tmp_path.name}-started"), Event(f"{tmp_path.name}-release")
     busy = client.submit(hold_the_thread, started.name, release.name, workers=[keeper], pure=False)
     try:

@@ -19,7 +19,7 @@ import pytest
 from distributed import Client
 
 from polystore_dask import DaskFileManager
-from tests._cluster import wait_until
+from tests._cluster import wait_until, worker_info
 from tests._host_tasks import fill_disk, remove
 from tests._hosts import HOST_PATIENCE
 from tests._reliability_ledger import record
@@ -101,7 +101,7 @@ def test_a_worker_frozen_past_the_schedulers_timeout_then_continued(client, dfm,
     os.kill(frozen, signal.SIGSTOP)
     try:
         future = dfm.save_batch([item(index) for index in range(ITEMS)], paths, "scratch")
-        wait_until(lambda: address not in client.scheduler_info()["workers"], "the scheduler to drop the worker")
+        wait_until(lambda: address not in worker_info(client), "the scheduler to drop the worker")
     finally:
         # Past the TTL the scheduler drops the worker and its nanny may already have ended the process.
         with contextlib.suppress(ProcessLookupError):

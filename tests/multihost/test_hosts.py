@@ -16,7 +16,7 @@ from distributed import Client
 
 from polystore import S3Backend, UnsupportedFormatError, ZarrBackend
 from polystore_dask import DaskFileManager, PolystorePlugin
-from tests._cluster import wait_until
+from tests._cluster import wait_until, worker_info
 from tests._host_tasks import check_saves_are_read_everywhere, run_on
 from tests._hosts import HOST_PATIENCE
 from tests.multihost.conftest import HOSTS
@@ -88,7 +88,7 @@ def test_a_restarted_worker_on_the_same_host_still_serves_its_scratch_paths(clie
     (host,) = hosts_having(client, path)
     old = hosts.worker_address(client, host)
     client.run(os._exit, 1, workers=[old], on_error="ignore")
-    wait_until(lambda: old not in client.scheduler_info()["workers"], f"worker {old} to leave")
+    wait_until(lambda: old not in worker_info(client), f"worker {old} to leave")
     client.wait_for_workers(HOSTS, timeout=HOST_PATIENCE)
     assert hosts.worker_address(client, host) != old
     assert np.array_equal(dfm.load(path, "scratch").result(timeout=HOST_PATIENCE), np.arange(7))
@@ -172,7 +172,7 @@ def test_a_scratch_path_whose_host_has_no_worker_left_raises_naming_path_and_hos
     dfm.save(np.arange(3), path, "scratch").result()
     (host,) = hosts_having(client, path)
     hosts.kill_host(host)
-    wait_until(lambda: len(client.scheduler_info()["workers"]) == HOSTS - 1, f"host {host} to leave")
+    wait_until(lambda: len(worker_info(client)) == HOSTS - 1, f"host {host} to leave")
     with pytest.raises(FileNotFoundError) as caught:
         dfm.load(path, "scratch").result(timeout=HOST_PATIENCE)
     assert path in str(caught.value) and f"host {host}" in str(caught.value)

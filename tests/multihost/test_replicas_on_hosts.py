@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests._cluster import wait_until
+from tests._cluster import wait_until, worker_info
 from tests._host_tasks import kept_here
 from tests._hosts import HOST_PATIENCE
 from tests.multihost.conftest import HOSTS
@@ -53,7 +53,7 @@ def test_a_memory_path_survives_its_first_holders_host_losing_its_worker_and_hea
     hostnames = client.run(socket.gethostname)
     (victim,) = [address for address, host in hostnames.items() if host == victim_host]
     client.run(os._exit, 1, workers=[victim], on_error="ignore")
-    wait_until(lambda: victim not in client.scheduler_info()["workers"], "the victim's worker to leave")
+    wait_until(lambda: victim not in worker_info(client), "the victim's worker to leave")
     loaded = dfm.load_batch(paths, "memory").result(timeout=HOST_PATIENCE)
     assert [int(array[0]) for array in loaded] == list(range(8))
     client.wait_for_workers(HOSTS, timeout=HOST_PATIENCE)

@@ -29,7 +29,7 @@ from polystore import DiskBackend
 from polystore_dask import DaskFileManager, PolystorePlugin
 from polystore_dask.shipping import RESENDS, Refusal, Shipments, ShippedPart, take_shipped
 from polystore_dask.tasks import call
-from tests._cluster import PATIENCE, cluster_client, wait_until
+from tests._cluster import PATIENCE, cluster_client, wait_until, worker_info
 from tests._reliability_ledger import DEEP, record, scaled
 from tests._reliability_workers import identify, token_data
 
@@ -80,7 +80,7 @@ def kill_a_worker_during(client: Client, rng: random.Random, future: Future, dur
     victim = rng.choice(sorted(pids))
     running = not future.done()
     os.kill(pids[victim], signal.SIGKILL)
-    wait_until(lambda: victim not in client.scheduler_info()["workers"], f"worker {victim} to leave")
+    wait_until(lambda: victim not in worker_info(client), f"worker {victim} to leave")
     return running
 
 
@@ -293,7 +293,7 @@ def test_a_large_save_whose_workers_die_before_saving_it_is_shipped_again_and_co
 def test_a_shipped_part_is_sent_again_at_most_resends_times_then_refused_with_the_reason(client: Client) -> None:
     # Taken on a worker that does not hold it, a part is asked for again each time; the client sends it
     # RESENDS times, and then refuses: a task on a cluster whose workers keep dying never waits forever.
-    first, second = sorted(client.scheduler_info()["workers"])
+    first, second = sorted(worker_info(client))
     shipments = Shipments.of(client)
     (shipment,) = shipments.ship([[np.arange(4)]], [first])
     taken = [
