@@ -135,7 +135,7 @@ def load_by_region(
         after=tasks.after(reads=[key]),
     ).result().result()
     shape, dtype = tuple(info["shape"]), np.dtype(info["dtype"])
-    chunks = da.core.normalize_chunks(info["chunks"] if chunks is None else chunks, shape, dtype=dtype)
+    chunks = _blocks_to_read(chunks, info["chunks"], shape, dtype, path)
     name = f"polystore-load_array-{token}"
     # A Blockwise layer, like dask.array.from_zarr's: dask fuses it with what
     # follows (the chunk step of a sum) into one task per block.
@@ -249,6 +249,7 @@ def load_blocks(
         )
     stored = tuple(tuple(sizes) for sizes in layout["chunks"])
     dtype = np.dtype(layout["dtype"])
+    blocks = _blocks_to_read(chunks, stored, tuple(map(sum, stored)), dtype, path)
     # Each block is read now, by a task on the worker keeping it: the result
     # is a view of what that worker keeps, so nothing is copied. (Pinning lazy
     # tasks instead would not hold: dask's graph fusion drops annotations.)
@@ -268,7 +269,26 @@ def load_blocks(
         )
     graph = HighLevelGraph.from_collections(name, layer, dependencies=())
     array = da.Array(graph, name, stored, dtype=dtype, meta=np.empty((0,) * len(stored), dtype))
-    return array if chunks is None else array.rechunk(chunks)
+    return array if blocks == stored else array.rechunk(blocks)
+
+
+def _blocks_to_read(
+    chunks: Any, stored: Any, shape: tuple[int, ...], dtype: np.dtype, path: PathLike
+) -> tuple[tuple[int, ...], ...]:
+    """The blocks of ``load_array(path, chunks=chunks)``: the ``stored`` chunks unless ``chunks`` is given."""
+    if chunks is None:
+        return da.core.normalize_chunks(stored, shape, dtype=dtype)
+    try:
+        return da.core.normalize_chunks(chunks, shape, dtype=dtype)
+    except (ValueError, TypeError, ZeroDivisionError) as error:
+        # dask divides by a block size of 0 before it checks it.
+        why = "a block size of 0 in a dimension that is not empty" if isinstance(error, ZeroDivisionError) else error
+        example = tuple(max(1, sizes[0]) if sizes else 1 for sizes in da.core.normalize_chunks(stored, shape))
+        raise ValueError(
+            f"load_array of {str(path)!r}: chunks={chunks!r} do not fit the array there, of shape {shape} ({why}); "
+            f"give one block size per dimension, such as {example} (-1 for a whole dimension), or leave chunks "
+            "out to read the stored chunks"
+        ) from None
 
 
 def _committed_units(regions: Sequence[Sequence[tuple[int, int]]], unit: Sequence[int], shape: Sequence[int]) -> Any:

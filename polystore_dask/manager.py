@@ -383,7 +383,10 @@ class DaskFileManager:
         unfinished writes of ``path``; blocks are read when the array is
         computed, each by a task keyed ``polystore-load_array-...`` (per
         process, on the worker that keeps the block). ``chunks=None`` uses
-        the stored chunks (as ``dask.array.from_zarr`` does).
+        the stored chunks (as ``dask.array.from_zarr`` does); other chunks
+        take any form ``dask.array`` takes (sizes, ``-1``, ``"auto"``, a
+        dict), and chunks that do not fit the stored shape raise
+        ``ValueError`` naming the path and that shape.
 
         With ``as_dataarray=True`` the result is an ``xarray.DataArray`` (of
         that lazy array) with the stored dimension names as its dims, the

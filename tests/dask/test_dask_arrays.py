@@ -165,6 +165,24 @@ def test_load_array_takes_other_chunks(dfm, tmp_path):
     assert_every_element_equal(lazy.compute(), x.compute())
 
 
+@pytest.mark.parametrize("backend", ["zarr", "memory"])
+@pytest.mark.parametrize(
+    ("chunks", "why"),
+    [((150,), "same length"), ((0, 100), "block size of 0"), ((150, 40, 2), "same length"),
+     (((300, 200), (500,)), "add up"), ("huge", "byte unit"), ((1.5, 100), "integers")],
+)
+def test_load_array_with_chunks_that_do_not_fit_names_the_array_and_what_to_give(dfm, tmp_path, backend, chunks, why):
+    x = sample()
+    path = str(tmp_path / "fit.zarr") if backend == "zarr" else f"{tmp_path.name}/fit"
+    dfm.save_array(x, path, backend)
+    with pytest.raises(ValueError, match=r"load_array of .*fit.*chunks=.*shape \(600, 500\)") as caught:
+        dfm.load_array(path, backend, chunks=chunks)
+    assert why in str(caught.value) and "such as (200, 250)" in str(caught.value)
+    # Nothing stored was touched, and chunks dask takes in any of its forms still work.
+    assert dfm.load_array(path, backend, chunks={0: 300}).chunks == ((300, 300), (500,))
+    assert_every_element_equal(dfm.load_array(path, backend, chunks=(-1, 100)).compute(), x.compute())
+
+
 def test_load_array_reads_what_dask_wrote_and_dask_reads_ours(dfm, tmp_path):
     x = sample()
     da.to_zarr(x, str(tmp_path / "theirs.zarr"))
