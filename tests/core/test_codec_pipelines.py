@@ -119,34 +119,65 @@ def test_the_backend_creates_and_opens_with_zarrs_and_leaves_zarrs_setting_as_it
     assert pipeline_of(zarr.create_array(str(tmp_path / "user.zarr"), shape=(3,), dtype="int8")) == ZARR_OWN
 
 
-def _opened_for(backend: ZarrBackend, path: str, mode: str) -> str:
-    return pipeline_of(backend._open(backend._tree.resolve(path), path, mode=mode))
+def _opened_for(backend: ZarrBackend, path: str, mode: str, touching: Any = None) -> str:
+    return pipeline_of(backend._open(backend._tree.resolve(path), path, mode=mode, touching=touching))
+
+
+def _pipelines_used(backend: ZarrBackend, path: str) -> set[str]:
+    """The pipelines of the backend's cached arrays at ``path``: those its calls were served by."""
+    return {key[3] for key in backend._opened if key[0] == backend._tree.resolve(path)}
+
+
+#: One chunk of 2 MiB (LARGE_CHUNK_BYTES) of the arrays below, and two of them.
+ONE, TWO = (slice(0, 1024), slice(0, 512)), (slice(0, 1024), slice(None))
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the allocator setting auto looks at is glibc's")
-def test_auto_reads_large_chunks_with_zarr_pythons_pipeline_where_the_allocator_trims_and_with_zarrs_elsewhere(
+def test_auto_reads_and_writes_one_large_chunk_with_zarr_pythons_pipeline_where_the_allocator_trims(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    large = np.arange(1024 * 1024, dtype="float32").reshape(1024, 1024)  # chunks of 2 MiB: LARGE_CHUNK_BYTES
-    small = large[:64, :64]
+    large = np.arange(1024 * 1024, dtype="float32").reshape(1024, 1024)
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     plain = ZarrBackend(root=tmp_path)
     assert plain.codec_pipeline == "auto"
-    plain.save(large, "large.zarr", chunks=(1024, 512), compressor=None)
-    plain.save(small, "small.zarr", chunks=(32, 32))
-    assert {_opened_for(plain, name, mode) for name in ("large.zarr", "small.zarr") for mode in ("r", "r+")} == {ZARRS}
+    plain.save(large, "zstd.zarr", chunks=(1024, 512))
+    plain.save(large, "raw.zarr", chunks=(1024, 512), compressor=None)
+    plain.save(large, "sharded.zarr", chunks=(1024, 512), shards=(1024, 1024))
+    plain.save(large[:64, :64], "small.zarr", chunks=(32, 32))
+    names, calls = ("zstd.zarr", "raw.zarr", "sharded.zarr", "small.zarr"), (None, ONE, TWO, (0, 0))
+    assert {_opened_for(plain, name, mode, call) for name in names for mode in ("r", "r+") for call in calls} == {ZARRS}
     # As in a worker its nanny started: each freed buffer goes back to the system.
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     trimming, forced = ZarrBackend(root=tmp_path), ZarrBackend(root=tmp_path, codec_pipeline="zarrs")
-    assert (_opened_for(trimming, "large.zarr", "r"), _opened_for(trimming, "large.zarr", "r+")) == (ZARR_OWN, ZARRS)
-    assert _opened_for(trimming, "small.zarr", "r") == ZARRS
+    # One large chunk, read or written compressed: zarr-python's pipeline.
+    for call in (ONE, (5, slice(0, 100)), (7, 9), (slice(-10, None), slice(0, 5)), (Ellipsis, slice(600, 700))):
+        assert _opened_for(trimming, "zstd.zarr", "r", call) == ZARR_OWN, call
+    assert _opened_for(trimming, "zstd.zarr", "r+", ONE) == ZARR_OWN
+    assert _opened_for(trimming, "raw.zarr", "r", ONE) == ZARR_OWN
+    # Written uncompressed, several chunks, the whole array, small chunks, shards, an explicit choice: zarrs.
+    assert _opened_for(trimming, "raw.zarr", "r+", ONE) == ZARRS
+    for call in (None, TWO, Ellipsis, (slice(None), slice(500, 600)), (slice(0, 0), slice(None))):
+        assert _opened_for(trimming, "zstd.zarr", "r", call) == ZARRS, call
+    assert _opened_for(trimming, "small.zarr", "r", (slice(0, 32), slice(0, 32))) == ZARRS
+    assert _opened_for(trimming, "sharded.zarr", "r", ONE) == ZARRS
+    assert _opened_for(forced, "zstd.zarr", "r", ONE) == ZARRS
     assert pipeline_of(trimming.create_array("made.zarr", (1024, 1024), "float32", (1024, 512))) == ZARRS
-    assert _opened_for(forced, "large.zarr", "r") == ZARRS
-    trimming.save(large + 1, "made.zarr", region=(slice(0, 1024), slice(0, 1024)))
+    # The backend's own calls choose so: a one-chunk write and load open the array with zarr-python's
+    # pipeline too (after zarrs, which read its metadata), a whole load does not.
+    busy, whole = ZarrBackend(root=tmp_path), ZarrBackend(root=tmp_path)
+    busy.save(large[:, :512] + 1, "made.zarr", region=ONE)
+    np.testing.assert_array_equal(busy.load("raw.zarr", region=ONE), large[ONE])
+    np.testing.assert_array_equal(whole.load("raw.zarr"), large)
+    assert _pipelines_used(busy, "made.zarr") == _pipelines_used(busy, "raw.zarr") == {"zarr", "zarrs"}
+    assert _pipelines_used(whole, "raw.zarr") == {"zarrs"}
+    # Whichever pipeline wrote or reads them, the arrays hold the same data.
+    busy.save(large[:, 512:] + 1, "made.zarr", region=(slice(None), slice(512, None)))
     for backend in (trimming, forced, plain):
-        np.testing.assert_array_equal(backend.load("large.zarr"), large)
-        np.testing.assert_array_equal(backend.load("small.zarr", region=(slice(2, 6), slice(None))), small[2:6])
-        np.testing.assert_array_equal(backend.load("made.zarr", region=(slice(2, 6), slice(None))), large[2:6] + 1)
+        for name in names[:3]:
+            np.testing.assert_array_equal(backend.load(name), large)
+            np.testing.assert_array_equal(backend.load(name, region=ONE), large[ONE])
+        np.testing.assert_array_equal(backend.load("made.zarr"), large + 1)
+        np.testing.assert_array_equal(backend.load("small.zarr", region=(slice(2, 6), slice(None))), large[2:6, :64])
 
 
 def test_codec_pipeline_zarr_uses_what_the_users_zarr_config_names(tmp_path: Path) -> None:

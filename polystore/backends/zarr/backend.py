@@ -42,6 +42,7 @@ from polystore.backends.zarr.create import (
 )
 from polystore.backends.zarr.regions import (
     check_selection_bounds,
+    chunks_touched,
     find_unreadable_chunk,
     load_selection,
     region_writer,
@@ -141,11 +142,13 @@ class ZarrBackend(StorageBackend):
         uncompressed data and for reads in most processes; ``"zarr"``, the
         pipeline ``zarr.config`` names (zarr-python's own unless you set
         another); or ``"auto"`` (the default), the faster of the two as
-        measured: zarrs, but zarr-python's for reading chunks of 2 MiB or more
+        measured: zarrs, but zarr-python's for a call that reads, or writes
+        compressed, a single chunk of 2 MiB or more (of an unsharded array)
         on a Dask worker started by a nanny. The nanny sets
         ``MALLOC_TRIM_THRESHOLD_``, so every chunk is read into freshly mapped
-        memory, and zarrs, which faults in more of it, read 4 MiB chunks 10
-        to 15% slower there (and 256 KiB chunks faster).
+        memory, and zarrs, which faults in more of it, read one 4 MiB chunk
+        10 to 15% slower there (one of 256 KiB faster); calls on several
+        chunks stay on zarrs, which spreads them over its threads.
         The files are the same either way, and what zarrs does not
         support (some dtypes, codecs, selections) zarr-python does in its
         place. Only the arrays this backend opens use it: zarr's own setting
@@ -220,10 +223,10 @@ class ZarrBackend(StorageBackend):
         self.root: Path | None = None if root is None else Path(os.path.realpath(root))
         self.codec_pipeline = check_codec_pipeline(codec_pipeline)
         self._tree = ArrayTree(self.root)
-        # Opened arrays by (directory, mode, directory identity): opening reads
+        # Opened arrays by (directory, mode, directory identity, pipeline): opening reads
         # zarr.json, which costs as much as a tenth of reading a 4 MiB chunk.
         # An overwrite swaps the directory, so its identity changes with it.
-        self._opened: dict[tuple[Path, str, Any], zarr.Array] = {}
+        self._opened: dict[tuple[Path, str, Any, str], zarr.Array] = {}
         self._opened_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -396,7 +399,7 @@ class ZarrBackend(StorageBackend):
 
     def _region_write(self, target: Path, path: PathLike, data: Any, region: Any) -> Callable[[], None]:
         """The checked write of ``data`` into ``region`` of the array at ``target``, recorded if it is incomplete."""
-        array = self._open(target, path, mode="r+")
+        array = self._open(target, path, mode="r+", touching=region)
         # A plain block of the array's own dtype needs no dtype check: the array's was checked when it
         # was made (the check asks zarr's dtype registry, which costs a good part of a small block's write).
         plain = type(data) is np.ndarray and data.dtype == array.dtype
@@ -613,42 +616,48 @@ class ZarrBackend(StorageBackend):
         return self._tree.cleanup(top, older_than)
 
     # -- reading ---------------------------------------------------------
-    def _open(self, target: Path, path: PathLike, mode: str, identity: Any = None) -> zarr.Array:
+    def _open(
+        self, target: Path, path: PathLike, mode: str, identity: Any = None, *, touching: Any = None
+    ) -> zarr.Array:
         """Open the array at ``target`` (reusing one opened before), or raise the error that says why not.
 
         ``identity`` is :func:`directory_identity` of ``target`` when the
-        caller has it already.
+        caller has it already. ``touching``: the selection the caller reads
+        (``mode="r"``) or writes, for the pipeline ``"auto"`` picks for that
+        call (see :func:`chosen_pipeline`); None: the array's own.
         """
-        key = (target, mode, directory_identity(target) if identity is None else identity)
+        identity = directory_identity(target) if identity is None else identity
+        usual = chosen_pipeline(self.codec_pipeline)
+        array = self._opened_with(usual, target, path, mode, identity)
+        if touching is None or self.codec_pipeline != AUTO or array.shards is not None:
+            return array
+        chunk_bytes = math.prod(array.chunks) * array.dtype.itemsize
+        if chosen_pipeline(AUTO, chunk_bytes) == usual or chunks_touched(array, touching) != 1:
+            return array  # small chunks, a process that does not trim, or a call on several chunks
+        pipeline = chosen_pipeline(AUTO, chunk_bytes, uncompressed_write=mode != "r" and not array.compressors)
+        return array if pipeline == usual else self._opened_with(pipeline, target, path, mode, identity)
+
+    def _opened_with(self, pipeline: str, target: Path, path: PathLike, mode: str, identity: Any) -> zarr.Array:
+        key = (target, mode, identity, pipeline)
         array = self._opened.get(key)
         if array is None:
-            array = self._open_anew(target, path, mode)
+            array = self._open_anew(pipeline, target, path, mode)
             with self._opened_lock:
                 if len(self._opened) >= _OPENED_LIMIT:
                     self._opened.clear()
                 self._opened[key] = array
         return array
 
-    def _open_anew(self, target: Path, path: PathLike, mode: str) -> zarr.Array:
+    def _open_anew(self, pipeline: str, target: Path, path: PathLike, mode: str) -> zarr.Array:
         zarr = import_zarr()
         from zarr.storage import LocalStore
 
         if mode != "r":
             # A writable LocalStore would create a missing directory.
             self._tree.require_array(target, path, "write into")
-
-        def opened(pipeline: str) -> Any:
+        try:
             with codec_pipeline_in_force(pipeline, target):
                 return zarr.open_array(store=LocalStore(target, read_only=mode == "r"), mode=mode, zarr_format=3)
-
-        try:
-            array = opened(self.codec_pipeline)
-            if mode == "r":
-                # Reading large chunks may go faster with another pipeline (see chosen_pipeline).
-                reading = chosen_pipeline(self.codec_pipeline, math.prod(array.chunks) * array.dtype.itemsize)
-                if reading != chosen_pipeline(self.codec_pipeline):
-                    array = opened(reading)
-            return array
         except Exception:
             # Say why (missing, a directory, another file); an array that
             # fails to open keeps zarr's own error.
@@ -705,7 +714,7 @@ class ZarrBackend(StorageBackend):
         )
 
     def _read(self, target: Path, path: PathLike, selection: Any, region: Any, identity: Any) -> np.ndarray:
-        array = self._open(target, path, mode="r", identity=identity)
+        array = self._open(target, path, mode="r", identity=identity, touching=selection)
         if array.attrs.get(INCOMPLETE):
             raise incomplete_error(path)
         check_selection_bounds(selection, array.shape, region, str(path))

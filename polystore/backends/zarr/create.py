@@ -57,11 +57,12 @@ COMPRESSORS = ("zstd", "blosc-lz4", "gzip")
 #: does not support), or ``"zarr"``, whatever ``zarr.config`` names (zarr-python's own unless set).
 CODEC_PIPELINES = {"zarrs": "zarrs.ZarrsCodecPipeline", "zarr": None}
 
-#: What ``codec_pipeline`` also takes: ``"auto"``, one of :data:`CODEC_PIPELINES` chosen by what the array
-#: is opened for (see :func:`chosen_pipeline`).
+#: What ``codec_pipeline`` also takes: ``"auto"``, one of :data:`CODEC_PIPELINES` chosen for each call by
+#: what it reads or writes (see :func:`chosen_pipeline`).
 AUTO = "auto"
 
-#: From this many bytes per chunk, ``"auto"`` may read with zarr-python's pipeline (see :func:`chosen_pipeline`).
+#: From this many bytes in a chunk, ``"auto"`` may read or write it with zarr-python's pipeline
+#: (see :func:`chosen_pipeline`).
 LARGE_CHUNK_BYTES = 2 << 20
 
 #: zarr's config is one dict for the whole process: our opens and creates take turns setting it, so
@@ -111,31 +112,32 @@ def check_codec_pipeline(name: str) -> str:
     return name
 
 
-def chosen_pipeline(name: str, read_chunk_bytes: int | None = None) -> str:
-    """The pipeline of :data:`CODEC_PIPELINES` that ``codec_pipeline=name`` uses for an array.
+def chosen_pipeline(name: str, one_chunk_bytes: int = 0, *, uncompressed_write: bool = False) -> str:
+    """The pipeline of :data:`CODEC_PIPELINES` that ``codec_pipeline=name`` uses for a call on an array.
 
-    ``read_chunk_bytes``: the array is opened to be read only, and each of
-    its chunks holds that many bytes decoded; None: it is created or
-    written. ``"auto"`` is zarrs, but for reading chunks of
-    :data:`LARGE_CHUNK_BYTES` or more in a process whose allocator hands
+    ``one_chunk_bytes``: the call reads or writes a single chunk of an
+    unsharded array, of that many bytes decoded; 0: any other call (one
+    that creates the array, or touches several chunks or a shard).
+    ``uncompressed_write``: the call writes that chunk uncompressed.
+
+    ``"auto"`` is zarrs, but for a single chunk of :data:`LARGE_CHUNK_BYTES`
+    or more, read or written compressed, in a process whose allocator hands
     every freed buffer back to the system at once: on Linux with
     ``MALLOC_TRIM_THRESHOLD_`` set, as Dask's nanny sets it for each worker.
     There every chunk is read into freshly mapped memory, which zarrs faults
-    in more of than zarr-python's pipeline: measured so, zarrs read chunks of
-    2 and 4 MiB 3 to 17% slower (and chunks of 256 KiB 26% faster).
-
-    The choice is made per array, for the one-chunk reads of ``load_array``:
-    a load of a whole array of 4 MiB chunks in one call on a nanny worker
-    was 4 to 5% faster with zarrs (it spreads the chunks over its threads).
-    Writes stay on zarrs: there a one-chunk zstd write of 4 MiB was 5%
-    faster with zarr-python's pipeline, but a whole 256 MiB zstd save 10%
-    slower, and uncompressed writes of 2 MiB chunks 14% slower.
+    in more of than zarr-python's pipeline. Measured so on nanny workers and
+    in a process with that setting: one chunk of 2 or 4 MiB was read 3 to
+    17% slower with zarrs (one of 256 KiB 26% faster), and one zstd chunk of
+    4 MiB written 5% slower; but a whole array of 4 MiB chunks loaded in one
+    call was 4 to 11% faster with zarrs (it spreads the chunks over its
+    threads), a whole 256 MiB zstd save 10% faster, and one uncompressed
+    chunk of 2 MiB written 16% faster.
     """
     if name != AUTO:
         return name
     trimming = sys.platform == "linux" and "MALLOC_TRIM_THRESHOLD_" in os.environ
-    large = read_chunk_bytes is not None and read_chunk_bytes >= LARGE_CHUNK_BYTES
-    return "zarr" if large and trimming else "zarrs"
+    large = one_chunk_bytes >= LARGE_CHUNK_BYTES
+    return "zarr" if trimming and large and not uncompressed_write else "zarrs"
 
 
 @contextlib.contextmanager

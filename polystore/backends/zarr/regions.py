@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = [
     "check_selection_bounds",
     "check_values_fit",
+    "chunks_touched",
     "find_unreadable_chunk",
     "load_selection",
     "region_writer",
@@ -215,18 +217,37 @@ def _touched(selection: tuple[Any, ...], shape: tuple[int, ...]) -> list[range]:
     return ranges
 
 
+def _grid(array: zarr.Array, selection: Any) -> list[range]:
+    """For each dimension, the positions of the stored chunks (shards if sharded) a basic selection touches."""
+    unit = array.shards or array.chunks
+    selection = () if selection is Ellipsis else selection if isinstance(selection, tuple) else (selection,)
+    return [
+        range(touched.start // side, -(-touched.stop // side)) if len(touched) else range(0)
+        for touched, side in zip(_touched(selection, array.shape), unit, strict=True)
+    ]
+
+
+def chunks_touched(array: zarr.Array, selection: Any) -> int:
+    """How many stored chunks (shards if sharded) of ``array`` a read or write of ``selection`` touches.
+
+    A selection of other items than slices, ints and one Ellipsis counts as
+    none here: zarr or the caller's checks refuse it.
+    """
+    items = selection if isinstance(selection, tuple) else (selection,)
+    if not all(isinstance(item, (slice, int, np.integer)) or item is Ellipsis for item in items):
+        return 0
+    if sum(item is Ellipsis for item in items) > 1:
+        return 0
+    return math.prod(len(positions) for positions in _grid(array, selection))
+
+
 def find_unreadable_chunk(array: zarr.Array, selection: Any) -> tuple[int, ...] | None:
     """Return the grid position of the first stored chunk (shard if sharded) that fails to read.
 
     Only called after a read failed, to name the file at fault.
     """
     unit = array.shards or array.chunks
-    selection = selection if isinstance(selection, tuple) else (selection,)
-    grid = [
-        range(touched.start // side, -(-touched.stop // side)) if len(touched) else range(0)
-        for touched, side in zip(_touched(selection, array.shape), unit, strict=True)
-    ]
-    for position in itertools.product(*grid):
+    for position in itertools.product(*_grid(array, selection)):
         part = tuple(
             slice(index * side, min((index + 1) * side, size))
             for index, side, size in zip(position, unit, array.shape, strict=True)
