@@ -223,10 +223,10 @@ class ZarrBackend(StorageBackend):
         self.root: Path | None = None if root is None else Path(os.path.realpath(root))
         self.codec_pipeline = check_codec_pipeline(codec_pipeline)
         self._tree = ArrayTree(self.root)
-        # Opened arrays by (directory, mode, directory identity, pipeline): opening reads
-        # zarr.json, which costs as much as a tenth of reading a 4 MiB chunk.
-        # An overwrite swaps the directory, so its identity changes with it.
-        self._opened: dict[tuple[Path, str, Any, str], zarr.Array] = {}
+        # Opened arrays by (directory, mode, directory identity, pipeline), each with the pipeline
+        # for a call on one of its chunks: opening reads zarr.json, which costs as much as a tenth of
+        # reading a 4 MiB chunk. An overwrite swaps the directory, so its identity changes with it.
+        self._opened: dict[tuple[Path, str, Any, str], tuple[zarr.Array, str]] = {}
         self._opened_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -628,25 +628,30 @@ class ZarrBackend(StorageBackend):
         """
         identity = directory_identity(target) if identity is None else identity
         usual = chosen_pipeline(self.codec_pipeline)
-        array = self._opened_with(usual, target, path, mode, identity)
-        if touching is None or self.codec_pipeline != AUTO or array.shards is not None:
+        array, one_chunk = self._opened_with(usual, target, path, mode, identity)
+        if touching is None or one_chunk == usual or chunks_touched(array, touching) != 1:
             return array
-        chunk_bytes = math.prod(array.chunks) * array.dtype.itemsize
-        if chosen_pipeline(AUTO, chunk_bytes) == usual or chunks_touched(array, touching) != 1:
-            return array  # small chunks, a process that does not trim, or a call on several chunks
-        pipeline = chosen_pipeline(AUTO, chunk_bytes, uncompressed_write=mode != "r" and not array.compressors)
-        return array if pipeline == usual else self._opened_with(pipeline, target, path, mode, identity)
+        return self._opened_with(one_chunk, target, path, mode, identity)[0]
 
-    def _opened_with(self, pipeline: str, target: Path, path: PathLike, mode: str, identity: Any) -> zarr.Array:
+    def _opened_with(
+        self, pipeline: str, target: Path, path: PathLike, mode: str, identity: Any
+    ) -> tuple[zarr.Array, str]:
+        """The array opened with ``pipeline`` (cached), and the pipeline for a call on one of its chunks."""
         key = (target, mode, identity, pipeline)
-        array = self._opened.get(key)
-        if array is None:
+        opened = self._opened.get(key)
+        if opened is None:
             array = self._open_anew(pipeline, target, path, mode)
+            if array.shards is None:
+                chunk_bytes = math.prod(array.chunks) * array.dtype.itemsize
+                raw = mode != "r" and not array.compressors
+                opened = array, chosen_pipeline(self.codec_pipeline, chunk_bytes, uncompressed_write=raw)
+            else:
+                opened = array, chosen_pipeline(self.codec_pipeline)
             with self._opened_lock:
                 if len(self._opened) >= _OPENED_LIMIT:
                     self._opened.clear()
-                self._opened[key] = array
-        return array
+                self._opened[key] = opened
+        return opened
 
     def _open_anew(self, pipeline: str, target: Path, path: PathLike, mode: str) -> zarr.Array:
         zarr = import_zarr()
